@@ -1,0 +1,15 @@
+"""The `manifoldadv` command line: one module per command, all registered on one Typer app."""
+
+from __future__ import annotations
+
+import typer
+
+from ._app import app
+from . import info, placeholders  # noqa: F401  (importing registers the commands)
+
+
+def main() -> None:
+    typer.main.get_command(app)(prog_name="manifoldadv")
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,71 @@
+"""The Typer app and the one place that maps errors to messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+import typer.core
+
+try:  # typer >= 0.2x vendors click; its exceptions derive from TyperException
+    from typer import TyperException as CliError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import ClickException as CliError
+
+from ..errors import ManifoldError
+
+DEBUG_ENV = "MANIFOLDADV_DEBUG"
+
+
+def _fail(message: str, code: int) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return code
+
+
+class ManifoldGroup(typer.core.TyperGroup):
+    """Runs the command non-standalone so every failure becomes one `error: ...` line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        try:
+            rv = super().main(
+                args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
+            code = rv if isinstance(rv, int) else 0
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            code = _fail("aborted", 130)
+        except CliError as exc:  # bad option, missing argument, bad value: usage
+            if debug:
+                raise
+            message = exc.format_message()
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            code = _fail(message + hint, exc.exit_code)
+        except ManifoldError as exc:
+            if debug:
+                raise
+            code = _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            code = _fail("interrupted", 130)
+        except Exception as exc:  # a bug: say so in one line unless debugging
+            if debug:
+                raise
+            code = _fail(f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for the traceback)", 1)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    name="manifoldadv",
+    cls=ManifoldGroup,
+    help="Adversarial robustness along the directions of the data manifold: "
+    "regular vs generative attacks, covariance spectra, Gaussian-mixture theory, trade-offs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)

@@ -1,0 +1,55 @@
+"""`manifoldadv info`: versions, the extension, which backend each op uses, and devices."""
+
+from __future__ import annotations
+
+import torch
+from rich.table import Table
+
+from .. import console, ops
+from ..runtime import versions
+from ._app import app
+from ._options import Json
+
+
+def collect() -> dict:
+    devices = [{"type": "cpu", "threads": torch.get_num_threads()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append({"type": "cuda", "index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1)})
+    return {
+        "versions": versions(),
+        "extension": {
+            "loaded": ops.extension_loaded(),
+            "error": ops.EXTENSION_ERROR,
+            "required": ops.require_extension(),
+            "built_with_cuda": ops.extension_loaded() and torch.version.cuda is not None
+            and ops._has_kernel("pgd_step", "cuda"),
+        },
+        "backends": ops.backends(),
+        "devices": devices,
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+@app.command()
+def info(json_out: Json = False) -> None:
+    """Versions, the compiled extension, each op's backend per device, and the devices."""
+    data = collect()
+    if json_out:
+        console.emit_json(data)
+        return
+    v = data["versions"]
+    console.out.print(f"manifoldadv {v['manifoldadv']}  torch {v['torch']} (cuda {v['torch_cuda']})  "
+                      f"numpy {v['numpy']}  python {v['python']}")
+    ext = data["extension"]
+    console.out.print(f"extension: {'loaded' if ext['loaded'] else 'MISSING: ' + str(ext['error'])}")
+    table = Table(title="op backends")
+    table.add_column("op")
+    for dev in ("cpu", "cuda"):
+        table.add_column(dev)
+    for op, per_dev in data["backends"].items():
+        table.add_row(op, per_dev["cpu"], per_dev["cuda"])
+    console.out.print(table)
+    for d in data["devices"]:
+        console.out.print("device: " + ", ".join(f"{k}={val}" for k, val in d.items()))

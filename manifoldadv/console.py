@@ -1,0 +1,69 @@
+"""Where output goes: results to stdout (a rich table, or exactly one JSON document with
+--json), everything else (logs, progress bars) to stderr."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+# Consoles resolve sys.stdout/sys.stderr at write time, so test runners that swap them still capture.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+_quiet = False
+
+
+def set_quiet(flag: bool) -> None:
+    global _quiet
+    _quiet = flag
+
+
+def log(message: str) -> None:
+    """A progress or status line on stderr."""
+    if not _quiet:
+        err.print(message, highlight=False)
+
+
+def _clean(obj):
+    # JSON has no NaN/inf: emit null so every document parses with a strict reader.
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _clean(obj.tolist())
+    return obj
+
+
+def to_jsonable(obj):
+    return _clean(obj)
+
+
+def emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def progress(transient: bool = True):
+    """A rich progress bar on stderr; silent when stderr is not a terminal (CI, pipes)."""
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=transient,
+        disable=_quiet or not err.is_terminal,
+    )
+    with bar:
+        yield bar

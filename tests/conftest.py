@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_mnist = pytest.mark.skip(reason=f"real MNIST not found at {SHARED_MNIST}")
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+        if "mnist" in item.keywords and not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+            item.add_marker(skip_mnist)
+
+
+@pytest.fixture(autouse=True)
+def _no_user_data_env(monkeypatch, tmp_path):
+    # Tests never read the user's data cache or write into the working tree.
+    monkeypatch.setenv("MANIFOLDADV_DATA", str(tmp_path / "data-root"))
+    monkeypatch.delenv("MANIFOLDADV_DEBUG", raising=False)
+    yield
+
+
+@pytest.fixture
+def mnist_root():
+    return SHARED_MNIST

@@ -1,0 +1,25 @@
+import json
+
+from typer.testing import CliRunner
+
+from manifoldadv.cli import app
+
+runner = CliRunner()
+
+
+def test_info_json_parses_and_lists_backends():
+    r = runner.invoke(app, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert set(data["backends"]) == {"pgd_step", "pgd_step_", "class_cov"}
+    for per_device in data["backends"].values():
+        assert set(per_device.values()) <= {"compiled", "reference"}
+    assert data["versions"]["torch"]
+
+
+def test_unknown_option_is_one_error_line_exit_2():
+    r = runner.invoke(app, ["info", "--no-such-flag"])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "Traceback" not in r.output
