@@ -26,9 +26,7 @@ $(VENV)/.built: $(VENV)/.installed setup.py $(CSRC)
 	@touch $@
 
 demo: setup
-	$(BIN)/manifoldadv train --data synthetic --mode std --out runs/demo/synthetic-std.safetensors
-	$(BIN)/manifoldadv train --data synthetic --mode pgd --out runs/demo/synthetic-pgd.safetensors
-	$(BIN)/manifoldadv attack runs/demo/synthetic-std.safetensors runs/demo/synthetic-pgd.safetensors
+	$(BIN)/manifoldadv reproduce --data synthetic --quick --run-dir runs/demo
 
 test: setup cuda-check
 	$(PY) -m pytest -q $(PYTEST_ARGS)

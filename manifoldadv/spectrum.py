@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import ops
-from .attacks import AttackSpec, perturb
+from pathlib import Path
+
+from . import checkpoint, console, ops
+from .attacks import AttackSpec, make_spec, perturb
+from .errors import UsageError
 from .evaluate import batches, make_generator
 
 TOP = 30
@@ -96,9 +99,11 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
     classes = [c for c in classes if all(c in s.eigenvalues for s in sets)]
     fig, axes = plt.subplots(len(classes), 3, figsize=(13, 3.2 * len(classes)), squeeze=False)
     for row, c in enumerate(classes):
+        # log panels: exact zeros and rounding noise sit at float64 resolution of the largest value
+        shown_floor = 1e-16 * max(float(s.eigenvalues[c][0]) for s in sets)
         for s in sets:
             ev = s.eigenvalues[c]
-            pos = np.maximum(ev, np.finfo(float).tiny)
+            pos = np.maximum(ev, shown_floor)
             idx = np.arange(1, len(ev) + 1)
             axes[row, 0].semilogy(idx, pos, label=s.name, lw=1.2)
             axes[row, 1].plot(idx[:top], ev[:top], label=s.name, lw=1.2, marker=".", ms=3)
@@ -122,3 +127,52 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return titles
+
+
+def auto_attack(meta: dict) -> str:
+    """The paper's choice: the latent attack against latent-trained models, PGD otherwise."""
+    return "vae" if meta.get("mode") == "vae" else "pgd"
+
+
+def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_size=500, seed=0, steps=None):
+    """The clean set, then one robust set per checkpoint (attacked with `attack`, or per `auto_attack`)."""
+    sets = []
+    with console.progress() as bar:
+        n = int(sum(int((ds.test.y == c).sum()) for c in classes))
+        task = bar.add_task("clean", total=n, status="")
+        counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, progress=bar, task=task)
+        clean = SetSpectrum("clean", None, "none", counts.cpu().numpy(), class_spectra(counts, covs, classes))
+        sets.append(clean)
+        for path in checkpoints:
+            model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
+            name = attack if attack != "auto" else auto_attack(meta)
+            if name == "none":
+                continue
+            cvae_model = None
+            if name == "vae":
+                cvae_path = cvae or (meta.get("hparams") or {}).get("cvae")
+                if not cvae_path:
+                    raise UsageError(f"the vae attack on {path} needs --cvae (the checkpoint names no CVAE)")
+                cvae_model, _ = checkpoint.load_model(Path(cvae_path), kind="cvae", device=dev)
+            spec = make_spec(name, ds.name, steps=None if name in ("fgsm", "vae") else steps)
+            label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
+            task = bar.add_task(label, total=n, status="")
+            counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, model=model, spec=spec,
+                                         cvae=cvae_model, seed=seed, progress=bar, task=task)
+            sets.append(SetSpectrum(label, str(path), name, counts.cpu().numpy(), class_spectra(counts, covs, classes)))
+    return sets
+
+
+def to_json(sets, summary, classes, floor_rel, top):
+    return {
+        "classes": classes,
+        "top": top,
+        "floor_rel": floor_rel,
+        "ratio": "geometric mean of max(robust, floor)/max(clean, floor) over eigenvalue indices",
+        "sets": [
+            {"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack, "class": c, "n": int(s.counts[c]),
+             "eigenvalues": ev.tolist()}
+            for s in sets for c, ev in s.eigenvalues.items()
+        ],
+        "summary": summary,
+    }

@@ -4,7 +4,11 @@ the training examples (`MODES`), how their losses combine (`avg` or `max`, Trame
 
 Modes: std (clean), fgsm, pgd (linf), l2, l1, joint-lp (l1 + linf), vae (latent-space
 adversarial training), joint (PGD + VAE), cvae (train the conditional VAE itself).
-Adversarial examples replace the clean batch from epoch `adv_start` on (Madry et al.).
+From epoch `adv_start` on the loss is (1 - w) * CE(adversarial) + w * CE(clean) with
+w = `clean_weight`: 0 (adversarial examples only, Madry et al.) for every mode but `fgsm`,
+where it is 0.5 (Goodfellow et al. 2014). With w = 0, one-step FGSM training on MNIST
+"leaks the label" (Kurakin et al. 2016): measured here, clean accuracy fell from 98.8% to
+about 70% while accuracy on the FGSM training examples rose to 97%.
 
 Determinism and resumption: the data order and the attacks' random starts of epoch e come
 from generators seeded with (seed, e), and every epoch ends with an atomic checkpoint that
@@ -41,6 +45,7 @@ MODES: dict[str, tuple[str, ...]] = {
     "cvae": (),
 }
 STRATEGIES = ("avg", "max")
+DEFAULT_CLEAN_WEIGHT = {"fgsm": 0.5}  # Goodfellow et al.'s alpha; see the module docstring
 
 
 def needs_cvae(mode: str) -> bool:
@@ -61,6 +66,7 @@ class TrainConfig:
     limit: int | None = None
     augment: bool = False
     strategy: str = "avg"
+    clean_weight: float = 0.0  # weight of the clean loss once adversarial training starts
     attacks: list = field(default_factory=list)  # AttackSpec dicts used for training examples
     model_kwargs: dict = field(default_factory=dict)
     cvae: str | None = None
@@ -86,6 +92,7 @@ def resolve_config(
     steps: int | None = None,
     step_size: float | None = None,
     strategy: str = "avg",
+    clean_weight: float | None = None,
     augment: bool | None = None,
     latent: int | None = None,
     seed: int = 0,
@@ -107,7 +114,7 @@ def resolve_config(
         return TrainConfig(
             data=data, mode=mode, model=model, epochs=epochs or cd.epochs, adv_start=0,
             batch_size=batch_size or cd.batch_size, lr=lr or cd.lr, weight_decay=0.0 if weight_decay is None else weight_decay,
-            seed=seed, limit=limit, augment=False, model_kwargs={"latent": latent or cd.latent},
+            seed=seed, limit=limit, augment=False, model_kwargs={"latent": latent or cd.latent, **cd.extra},
         )
     model = model or d.model
     if models.spec(model).kind != "classifier":
@@ -119,6 +126,9 @@ def resolve_config(
         specs.append(make_spec(name, data, train=True, eps=eps_for[name],
                                steps=None if latent_attack else steps,
                                step_size=None if latent_attack else step_size).as_dict())
+    clean_weight = DEFAULT_CLEAN_WEIGHT.get(mode, 0.0) if clean_weight is None else clean_weight
+    if not 0.0 <= clean_weight < 1.0:
+        raise UsageError(f"--clean-weight must be in [0, 1), got {clean_weight}")
     epochs = d.epochs if epochs is None else epochs
     adv_start = min(d.adv_start, epochs) if adv_start is None else adv_start
     if epochs < 1 or adv_start < 0:
@@ -128,7 +138,7 @@ def resolve_config(
         batch_size=batch_size or d.batch_size, lr=lr or d.lr,
         weight_decay=d.weight_decay if weight_decay is None else weight_decay,
         seed=seed, limit=limit, augment=d.augment if augment is None else augment,
-        strategy=strategy, attacks=specs, cvae=cvae,
+        strategy=strategy, clean_weight=clean_weight, attacks=specs, cvae=cvae,
     )
 
 
@@ -169,7 +179,11 @@ class ClassifierObjective:
             correct += int((logits.argmax(1) == y).sum())
         stacked = torch.stack(losses)
         per_sample = stacked.mean(0) if self.cfg.strategy == "avg" else stacked.max(0).values
-        return per_sample.mean(), {"correct": correct / len(self.specs)}
+        loss = per_sample.mean()
+        w = self.cfg.clean_weight
+        if w > 0:
+            loss = (1 - w) * loss + w * F.cross_entropy(model(x), y)
+        return loss, {"correct": correct / len(self.specs)}
 
     def evaluate(self, model, dataset: Dataset, device) -> dict:
         return {"clean_accuracy": clean_accuracy(model, dataset.test, device=device)}
@@ -229,7 +243,14 @@ def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, histo
 
 
 _MUST_MATCH = ("data", "mode", "model", "epochs", "adv_start", "batch_size", "lr", "weight_decay", "seed",
-               "limit", "augment", "strategy", "attacks", "model_kwargs")
+               "limit", "augment", "strategy", "clean_weight", "attacks", "model_kwargs")
+
+
+def mismatched(old_hparams: dict, cfg: TrainConfig) -> list[str]:
+    """Settings in which a checkpoint's recorded hyper-parameters differ from `cfg`
+    (a checkpoint from before a setting existed counts as having that setting's default 0)."""
+    new = asdict(cfg)
+    return [k for k in _MUST_MATCH if old_hparams.get(k, 0.0 if k == "clean_weight" else new[k]) != new[k]]
 
 
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
@@ -246,8 +267,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     start, history = 0, []
     if out.exists() and resume:
         ck = checkpoint.load(out, kind=objective.kind)
-        old = ck.meta.get("hparams", {})
-        mismatch = [k for k in _MUST_MATCH if k in old and old[k] != asdict(cfg)[k]]
+        mismatch = mismatched(ck.meta.get("hparams", {}), cfg)
         if mismatch:
             raise CheckpointError(f"{out} was trained with different settings ({', '.join(mismatch)}); "
                                   f"use another --out or --force to start over")

@@ -16,7 +16,5 @@ def _placeholder(name: str, summary: str):
 
 for _name, _summary in [
     ("theory", "The Gaussian-mixture theory in closed form, checked numerically"),
-    ("tradeoff", "Robustness trade-off tables (the paper's Table 2)"),
-    ("reproduce", "Run the paper's whole study and write a report"),
 ]:
     _placeholder(_name, _summary)

@@ -15,10 +15,10 @@ from .. import checkpoint, console
 from ..attacks import make_spec
 from ..checkpoint import atomic_write_text
 from ..errors import UsageError
-from ..spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, accumulate, class_spectra, plot, summarize
+from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, plot, summarize, to_json
 from ._app import app
 from ._options import DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
-from .common import dataset as load_data, load_cvae, start
+from .common import dataset as load_data, start
 
 
 class SpectrumAttack(str, Enum):
@@ -41,55 +41,6 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
     if not out or out[0] < 0 or out[-1] >= num_classes:
         raise UsageError(f"--classes must be in 0..{num_classes - 1}, got {text!r}")
     return out
-
-
-def auto_attack(meta: dict) -> str:
-    """The paper's choice: the latent attack against latent-trained models, PGD otherwise."""
-    return "vae" if meta.get("mode") == "vae" else "pgd"
-
-
-def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_size=500, seed=0):
-    """The clean set and one robust set per checkpoint: (sets, summary rows)."""
-    sets = []
-    with console.progress() as bar:
-        n = int(sum(int((ds.test.y == c).sum()) for c in classes))
-        task = bar.add_task("clean", total=n, status="")
-        counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, progress=bar, task=task)
-        clean = SetSpectrum("clean", None, "none", counts.cpu().numpy(), class_spectra(counts, covs, classes))
-        sets.append(clean)
-        for path in checkpoints:
-            model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
-            name = attack if attack != "auto" else auto_attack(meta)
-            if name == "none":
-                continue
-            cvae_model = None
-            if name == "vae":
-                cvae_path = cvae or (meta.get("hparams") or {}).get("cvae")
-                if not cvae_path:
-                    raise UsageError(f"the vae attack on {path} needs --cvae (the checkpoint names no CVAE)")
-                cvae_model, _ = load_cvae(Path(cvae_path), dev, ds.name)
-            spec = make_spec(name, ds.name)
-            label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
-            task = bar.add_task(label, total=n, status="")
-            counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, model=model, spec=spec,
-                                         cvae=cvae_model, seed=seed, progress=bar, task=task)
-            sets.append(SetSpectrum(label, str(path), name, counts.cpu().numpy(), class_spectra(counts, covs, classes)))
-    return sets
-
-
-def to_json(sets, summary, classes, floor_rel, top):
-    return {
-        "classes": classes,
-        "top": top,
-        "floor_rel": floor_rel,
-        "ratio": "geometric mean of max(robust, floor)/max(clean, floor) over eigenvalue indices",
-        "sets": [
-            {"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack, "class": c, "n": int(s.counts[c]),
-             "eigenvalues": ev.tolist()}
-            for s in sets for c, ev in s.eigenvalues.items()
-        ],
-        "summary": summary,
-    }
 
 
 def render(sets, summary, top: int = TOP) -> Table:

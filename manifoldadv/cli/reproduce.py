@@ -1,0 +1,43 @@
+"""`manifoldadv reproduce`: the paper's whole study in one resumable command, with a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import console, reproduce as study_run
+from ..study import Study
+from ._app import app
+from ._options import Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from .common import dataset as load_data, start
+from .train import Strategy
+
+
+@app.command()
+def reproduce(
+    data: Data = DataName.synthetic,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", file_okay=False, help="Output folder (default runs/<data>).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets: a smoke run; the report says so.")] = False,
+    strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy.")] = Strategy.avg,
+    theory: Annotated[bool, typer.Option("--theory/--no-theory", help="Run `theory verify` into the report.")] = True,
+    data_root: DataRoot = None,
+    limit: Limit = None,
+    download: Download = False,
+    json_out: Json = False,
+    seed: Seed = 0,
+    device: DeviceOpt = Device.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Train every model of the study, run the attack matrix, spectra, trade-offs and theory checks,
+    and write report.md, results.json and figures into the run directory (re-runs resume)."""
+    dev = start(seed=seed, device=device, quiet=quiet)
+    run_dir = run_dir or Path("runs") / data.value
+    study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value)
+    ds = study.subset(load_data(data.value, data_root, limit, download))
+    results = study_run.run(study, ds, theory=theory)
+    if json_out:
+        console.emit_json({"run_dir": str(run_dir), "report": str(run_dir / "report.md"), **results})
+        return
+    console.out.print(f"report: {run_dir / 'report.md'}")

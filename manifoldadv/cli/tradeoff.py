@@ -1,0 +1,71 @@
+"""`manifoldadv tradeoff`: both halves of the paper's Table 2 and the measured trade-off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import console, report
+from ..study import Study
+from ._app import app
+from ._options import Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from .common import dataset as load_data, start
+from .train import Strategy
+
+
+def render(trade: dict, data: str) -> list[Table]:
+    ref = report.paper_drops(data) or {}
+    tables = []
+    for half, title, names in (("lp", "l1 vs l-inf", {"l1": "l1-adv", "pgd": "l-inf-adv", "joint-lp": "joint"}),
+                               ("gen", "regular vs generative", {"pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint"})):
+        t = Table(title=f"Table 2 ({title}): test accuracy")
+        mat = trade[half]
+        cols = list(next(iter(mat.values())).keys())
+        t.add_column("attack")
+        for c in cols:
+            t.add_column(names[c], justify="right")
+        attack_names = {"l1": "l1-attack", "pgd": "l-inf-attack" if half == "lp" else "PGD-attack", "vae": "VAE-attack"}
+        for a, row in mat.items():
+            t.add_row(attack_names[a], *[report.pct(row[c]) for c in cols])
+        tables.append(t)
+    t = Table(title=f"trade-off: robust accuracy the joint model loses (strategy {trade['strategy']})")
+    for col in ("joint model", "attack 1", "attack 2", "mean", "paper mean"):
+        t.add_column(col, justify="right" if col != "joint model" else "left")
+    for model, label in (("joint-lp", "l1+l-inf vs l1-adv, l-inf-adv"), ("joint", "PGD+VAE vs PGD-adv, VAE-adv")):
+        d = trade["drops"][model]
+        keys = [k for k in d if k != "mean"]
+        paper_mean = ref.get(model, {}).get("mean")
+        t.add_row(label, *[f"{k}: {100 * d[k]:+.1f} pp" for k in keys], f"{100 * d['mean']:+.1f} pp",
+                  "n/a" if paper_mean is None else f"{100 * paper_mean:+.1f} pp")
+    tables.append(t)
+    return tables
+
+
+@app.command()
+def tradeoff(
+    data: Data = DataName.synthetic,
+    run_dir: Annotated[Path, typer.Option("--run-dir", file_okay=False, help="Where the checkpoints are (missing ones are trained there).")] = Path("runs"),
+    strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy of the joint models.")] = Strategy.avg,
+    quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets (smoke run).")] = False,
+    data_root: DataRoot = None,
+    limit: Limit = None,
+    download: Download = False,
+    json_out: Json = False,
+    seed: Seed = 0,
+    device: DeviceOpt = Device.auto,
+    quiet: Quiet = False,
+) -> None:
+    """l1-adv / l-inf-adv / joint-lp and PGD-adv / VAE-adv / joint under their attacks, and the trade-off."""
+    dev = start(seed=seed, device=device, quiet=quiet)
+    study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value)
+    ds = study.subset(load_data(data.value, data_root, limit, download))
+    trade = study.tradeoff(ds)
+    if json_out:
+        console.emit_json({"data": data.value, "run_dir": str(run_dir), "n_test": len(ds.test), **trade,
+                           "paper": {"drops": report.paper_drops(data.value)}})
+        return
+    for t in render(trade, data.value):
+        console.out.print(t)

@@ -1,0 +1,127 @@
+"""The reproduction report: markdown tables next to the paper's numbers, and the heat map."""
+
+from __future__ import annotations
+
+import io
+import math
+
+from . import paper
+from .checkpoint import atomic_write_bytes
+
+NAMES = {"std": "Std training", "fgsm": "FGSM-adv", "pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint (PGD+VAE)",
+         "l1": "l1-adv", "joint-lp": "joint (l1+linf)"}
+ATTACK_NAMES = {"clean": "clean data", "fgsm": "FGSM-attack", "pgd": "PGD-attack", "vae": "VAE-attack",
+                "l1": "l1-attack", "l2": "l2-attack"}
+
+
+def pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def cell(ours, theirs) -> str:
+    return pct(ours) if theirs is None else f"{pct(ours)} ({pct(theirs)})"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def table1_md(table1: dict, data: str) -> str:
+    ref = paper.table1(data)
+    cols = list(next(iter(table1.values())).keys())
+    rows = []
+    for attack, per_model in table1.items():
+        rows.append([ATTACK_NAMES.get(attack, attack)] +
+                    [cell(per_model[m], ref.get(attack, {}).get(m)) for m in cols])
+    return _md_table([data.upper() if data != "synthetic" else "synthetic"] + [NAMES.get(m, m) for m in cols], rows)
+
+
+def table2_md(tradeoff: dict, data: str) -> str:
+    ref = paper.table2(data)
+    out = []
+    for half, label in (("lp", "l1 vs l-inf"), ("gen", "regular vs generative")):
+        mat = tradeoff[half]
+        cols = list(next(iter(mat.values())).keys())
+        rows = []
+        for attack, per_model in mat.items():
+            rows.append([ATTACK_NAMES.get(attack, attack).replace("PGD-attack", "l-inf-attack" if half == "lp" else "PGD-attack")] +
+                        [cell(per_model[m], ref.get(half, {}).get(attack, {}).get(m)) for m in cols])
+        names = [{"pgd": "l-inf-adv" if half == "lp" else "PGD-adv"}.get(m, NAMES.get(m, m)) for m in cols]
+        out.append(f"*{label}*\n\n" + _md_table([""] + names, rows))
+    return "\n\n".join(out)
+
+
+def paper_drops(data: str) -> dict | None:
+    ref = paper.table2(data)
+    if not ref:
+        return None
+    lp, gen = ref["lp"], ref["gen"]
+    d_lp = [lp["l1"]["l1"] - lp["l1"]["joint-lp"], lp["pgd"]["pgd"] - lp["pgd"]["joint-lp"]]
+    d_gen = [gen["pgd"]["pgd"] - gen["pgd"]["joint"], gen["vae"]["vae"] - gen["vae"]["joint"]]
+    return {"joint-lp": {"l1": d_lp[0], "pgd": d_lp[1], "mean": sum(d_lp) / 2},
+            "joint": {"pgd": d_gen[0], "vae": d_gen[1], "mean": sum(d_gen) / 2}}
+
+
+def drops_md(tradeoff: dict, data: str) -> str:
+    ref = paper_drops(data) or {}
+    d = tradeoff["drops"]
+
+    def pp(x):
+        return "n/a" if x is None else f"{100 * x:+.1f} pp"
+
+    def c(model, key):
+        theirs = ref.get(model, {}).get(key)
+        return pp(d[model][key]) + ("" if theirs is None else f" ({pp(theirs)})")
+
+    rows = [["joint (l1+l-inf) vs l1-adv / l-inf-adv", c("joint-lp", "l1"), c("joint-lp", "pgd"), c("joint-lp", "mean")],
+            ["joint (PGD+VAE) vs PGD-adv / VAE-adv", c("joint", "pgd"), c("joint", "vae"), c("joint", "mean")]]
+    return _md_table(["robust-accuracy drop of the joint model", "first attack", "second attack", "mean"], rows)
+
+
+def spectra_md(summary: list[dict], top: int) -> str:
+    sets = list(dict.fromkeys(r["set"] for r in summary))
+    rows = []
+    for s in sets:
+        rs = [r for r in summary if r["set"] == s]
+        gm = lambda k: math.exp(sum(math.log(r[k]) for r in rs) / len(rs))  # noqa: E731
+        rows.append([s, "all (geometric mean)", f"{gm('top_ratio'):.3g}", f"{gm('tail_ratio'):.3g}"])
+        rows += [["", str(r["class"]), f"{r['top_ratio']:.3g}", f"{r['tail_ratio']:.3g}"] for r in rs]
+    return _md_table(["robust set", "class", f"top-{top} ratio", "tail ratio"], rows)
+
+
+def theory_md(rows: list[dict]) -> str:
+    n_pass = sum(r["passed"] for r in rows)
+    body = [[r["check"], r["case"], f"{r['error']:.3g}", f"{r['tolerance']:.3g} ({r['kind']})",
+             "pass" if r["passed"] else "FAIL"] for r in rows]
+    return f"{n_pass}/{len(rows)} checks pass.\n\n" + _md_table(["check", "spectrum", "error", "tolerance", ""], body)
+
+
+def heatmap(path, table: dict, title: str) -> None:
+    """Attack (rows) x defence (columns) accuracies as a heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = list(table)
+    cols = list(next(iter(table.values())).keys())
+    m = np.array([[table[r][c] for c in cols] for r in rows])
+    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2, 0.8 * len(rows) + 1.6))
+    im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(cols)), [NAMES.get(c, c) for c in cols], rotation=20, ha="right")
+    ax.set_yticks(range(len(rows)), [ATTACK_NAMES.get(r, r) for r in rows])
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{100 * m[i, j]:.1f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k")
+    ax.set_xlabel("defence (training mode)")
+    ax.set_ylabel("attack")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="test accuracy")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

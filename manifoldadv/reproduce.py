@@ -1,0 +1,219 @@
+"""`reproduce`: the paper's whole study in one resumable run, ending in a report.
+
+Steps: train the CVAE and every classifier the study needs (std, FGSM-adv, PGD-adv = l-inf-adv,
+VAE-adv, joint, l1-adv, joint-lp); Table 1 (attack matrix); Table 2 and the trade-off; the
+spectra of the clean and robust test sets (Figure 2); `theory verify`; figures, `results.json`
+and `report.md`. Each step's result is cached in the run directory (see `study.py`), so a
+re-run skips what is finished and a killed run loses at most the epoch or the step in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import console, paper, report
+from .checkpoint import atomic_write_text, load
+from .data import Dataset
+from .runtime import versions
+from .spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, compute, plot, summarize
+from .study import ALL_MODES, TABLE1_COLS, TABLE1_ROWS, Study
+
+THEORY_SAMPLES = {"quick": 20_000, "full": 200_000}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _cached(study: Study, name: str, key: dict, fn):
+    """Run fn() unless results/<name>.json holds a result made with the same key."""
+    path = study.run_dir / "results" / f"{name}.json"
+    if path.exists():
+        doc = json.loads(path.read_text())
+        if doc.get("key") == key:
+            return doc["value"]
+    t0 = time.perf_counter()
+    value = fn()
+    study.timings[name] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(path, json.dumps({"key": key, "value": value, "seconds": study.timings[name]}))
+    return value
+
+
+def spectra_step(study: Study, ds: Dataset) -> dict:
+    pgd, vae = study.ensure_trained("pgd", ds), study.ensure_trained("vae", ds)
+    top = ds.info.get("manifold_rank", TOP)
+    classes = list(range(ds.num_classes))
+    full = dataclasses.replace(ds, test=study.spectra_test or ds.test)
+    key = {"pgd": _digest(pgd), "vae": _digest(vae), "n": len(full.test), "steps": study.eval_steps,
+           "seed": study.seed, "top": top, "floor": DEFAULT_FLOOR_REL}
+
+    def run():
+        sets = compute([pgd, vae], full, classes, study.device, seed=study.seed, steps=study.eval_steps)
+        summary = [row for s in sets[1:] for row in summarize(sets[0], s, top=top)]
+        return {"top": top, "floor_rel": DEFAULT_FLOOR_REL, "summary": summary,
+                "sets": [{"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack,
+                          "counts": s.counts.tolist(),
+                          "eigenvalues": {str(c): ev.tolist() for c, ev in s.eigenvalues.items()}} for s in sets]}
+
+    value = _cached(study, "spectra", key, run)
+    sets = [SetSpectrum(s["name"], s["checkpoint"], s["attack"], np.array(s["counts"]),
+                        {int(c): np.array(ev) for c, ev in s["eigenvalues"].items()}) for s in value["sets"]]
+    figs = study.run_dir / "figures"
+    plot(figs / "spectra.png", sets, [0, 1], top=top, title=f"{study.data}: eigenvalues of classes 0 and 1 (Figure 2)")
+    plot(figs / "spectra_all.png", sets, classes, top=top, title=f"{study.data}: eigenvalues of every class")
+    return {"top": value["top"], "floor_rel": value["floor_rel"], "summary": value["summary"],
+            "figures": ["figures/spectra.png", "figures/spectra_all.png"]}
+
+
+def theory_step(study: Study) -> dict:
+    from .theory_check import theory_figure, verify
+
+    samples = THEORY_SAMPLES["quick" if study.quick else "full"]
+    rows = _cached(study, "theory", {"samples": samples, "seed": study.seed},
+                   lambda: verify(samples=samples, seed=study.seed))
+    theory_figure(study.run_dir / "figures" / "theory.png")
+    return {"samples": samples, "checks": rows, "passed": sum(r["passed"] for r in rows),
+            "total": len(rows), "figure": "figures/theory.png"}
+
+
+def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
+    t0 = time.perf_counter()
+    for mode in ("cvae",) + ALL_MODES:
+        study.ensure_trained(mode, ds)
+    table1 = study.matrix(TABLE1_ROWS, TABLE1_COLS, ds)
+    trade = study.tradeoff(ds)
+    spectra = spectra_step(study, ds)
+    th = theory_step(study) if theory else None
+    report.heatmap(study.run_dir / "figures" / "attack_defence.png", table1,
+                   f"{study.data}: test accuracy, attack x defence")
+    wall = time.perf_counter() - t0
+
+    models = {}
+    compute_seconds = 0.0
+    for mode in ("cvae",) + ALL_MODES:
+        meta = load(study.path(mode)).meta
+        secs = sum(h.get("seconds", 0.0) for h in meta.get("history", []))
+        compute_seconds += secs
+        models[mode] = {"checkpoint": str(study.path(mode)), "hparams": meta["hparams"], "epochs": meta["epoch"],
+                        "train_seconds": round(secs, 1),
+                        **({"clean_accuracy": meta["clean_accuracy"]} if "clean_accuracy" in meta else
+                           {"test_nelbo": meta.get("test_nelbo"), "test_recon_mse": meta.get("test_recon_mse")})}
+    evals = json.loads((study.run_dir / "results" / "evals.json").read_text())
+    eval_seconds = sum(r.get("seconds", 0.0) for r in evals.values())
+    cached_steps = {k: json.loads((study.run_dir / "results" / f"{k}.json").read_text()).get("seconds", 0.0)
+                    for k in ("spectra", "theory") if (study.run_dir / "results" / f"{k}.json").exists()}
+    results = {
+        "data": study.data,
+        "quick": study.quick,
+        "seed": study.seed,
+        "strategy": study.strategy,
+        "device": str(study.device),
+        "n_train": len(ds.train),
+        "n_test": len(ds.test),
+        "n_test_spectra": len(study.spectra_test or ds.test),
+        "eval_steps_override": study.eval_steps,
+        "versions": versions(),
+        "wall_seconds_this_run": round(wall, 1),
+        "compute_seconds_recorded": round(compute_seconds + eval_seconds + sum(cached_steps.values()), 1),
+        "train_seconds_recorded": round(compute_seconds, 1),
+        "eval_seconds_recorded": round(eval_seconds, 1),
+        "step_seconds_this_run": study.timings,
+        "models": models,
+        "table1": table1,
+        "table1_paper": paper.table1(study.data),
+        "tradeoff": trade,
+        "tradeoff_paper": {"table2": paper.table2(study.data), "drops": report.paper_drops(study.data)},
+        "evaluations": list(evals.values()),
+        "spectra": spectra,
+        "theory": th,
+        "figures": ["figures/attack_defence.png"] + spectra["figures"] + ([th["figure"]] if th else []),
+    }
+    atomic_write_text(study.run_dir / "results.json", json.dumps(console.to_jsonable(results), indent=1))
+    atomic_write_text(study.run_dir / "report.md", render(results))
+    return results
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def render(r: dict) -> str:
+    data = r["data"]
+    quick = " (QUICK smoke run: short schedules and subsets, not the paper's settings)" if r["quick"] else ""
+    lines = [
+        f"# manifoldadv reproduction: {data}{quick}",
+        "",
+        f"Seed {r['seed']}, device {r['device']}, {r['n_train']} training and {r['n_test']} test examples "
+        f"({r['n_test_spectra']} for the spectra), "
+        f"joint strategy `{r['strategy']}`. Wall time of this invocation {_hms(r['wall_seconds_this_run'])}; "
+        f"compute recorded in the artefacts (training {_hms(r['train_seconds_recorded'])}, evaluation "
+        f"{_hms(r['eval_seconds_recorded'])}, total {_hms(r['compute_seconds_recorded'])}).",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+        "",
+        "Cells read *ours (paper)*; the paper's numbers are its Tables 1 and 2"
+        + (" (the paper has none for this data set)." if not r["table1_paper"] else "."),
+        "",
+        "## Table 1: test accuracy under each attack (rows) for each defence (columns)",
+        "",
+        report.table1_md(r["table1"], data),
+        "",
+        "![attack x defence](figures/attack_defence.png)",
+        "",
+        "## Table 2: robustness trade-offs",
+        "",
+        report.table2_md(r["tradeoff"], data),
+        "",
+        "**Measured trade-off** (how much robust accuracy each joint model gives up against the model "
+        "trained for that attack alone; paper in parentheses):",
+        "",
+        report.drops_md(r["tradeoff"], data),
+        "",
+    ]
+    d = r["tradeoff"]["drops"]
+    lines += [f"The l1/l-inf conflict costs {100 * d['joint-lp']['mean']:.1f} pp on average, the regular/generative "
+              f"conflict {100 * d['joint']['mean']:.1f} pp.", ""]
+    sp = r["spectra"]
+    lines += [
+        "## Spectra of the clean and robust test sets (Figure 2)",
+        "",
+        f"Per class, the eigenvalues of the robust set divided by the clean set's (both sorted descending), "
+        f"averaged geometrically over the top {sp['top']} and over the tail; eigenvalues below "
+        f"{sp['floor_rel']:g} x the clean class's largest count as that floor. The paper's claim: the PGD-robust "
+        f"set lifts the tail (small-variance directions) and not the top; the VAE-robust set lifts the top and "
+        f"not the tail.",
+        "",
+        report.spectra_md(sp["summary"], sp["top"]),
+        "",
+        "![spectra](figures/spectra.png)",
+        "",
+        "All classes: [figures/spectra_all.png](figures/spectra_all.png).",
+        "",
+    ]
+    if r["theory"]:
+        th = r["theory"]
+        lines += ["## Theory checks (`manifoldadv theory verify`)", "",
+                  f"Monte Carlo with {th['samples']} samples per check.", "", report.theory_md(th["checks"]), "",
+                  "![theory](figures/theory.png)", ""]
+    lines += ["## Configuration", "", "| model | epochs | clean accuracy / CVAE -ELBO | training time | settings |",
+              "|---|---|---|---|---|"]
+    for mode, m in r["models"].items():
+        hp = m["hparams"]
+        acc = report.pct(m["clean_accuracy"]) if "clean_accuracy" in m else f"{m.get('test_nelbo') or float('nan'):.2f} nats"
+        attacks = "; ".join(f"{a['name']} {a['norm']} eps {a['eps']:g} x{a['steps']} step {a['step_size']:.4g}"
+                            for a in hp.get("attacks", []))
+        settings = (f"{hp['model']}, batch {hp['batch_size']}, lr {hp['lr']:g}, wd {hp['weight_decay']:g}"
+                    + (f", adversarial from epoch {hp['adv_start'] + 1}: {attacks}" if attacks else "")
+                    + (f", strategy {hp['strategy']}" if mode in ("joint", "joint-lp") else ""))
+        lines.append(f"| {mode} | {m['epochs']} | {acc} | {_hms(m['train_seconds'])} | {settings} |")
+    lines += ["", "Evaluation attacks: "
+              + "; ".join(sorted({f"{e['attack']}: {e['norm']} eps {e['eps']:g}, {e['steps']} steps of {e['step_size']:.4g}"
+                                  for e in r["evaluations"] if e["attack"] != "clean"})) + ".", ""]
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""The paper's study as resumable steps over one run directory.
+
+Layout of a run directory DIR:
+  DIR/<data>-<mode>[-max].safetensors   checkpoints (the joint modes get `-max` with --strategy max)
+  DIR/results/evals.json                 every (checkpoint, attack) accuracy measured so far
+  DIR/results/<step>.json                finished steps (spectra, theory)
+  DIR/figures/*.png, DIR/report.md, DIR/results.json
+
+Every artefact is keyed by what made it: an evaluation by the checkpoint's SHA-256 and the
+attack's settings, so re-running skips what is done and redoes what changed; a half-trained
+model resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checkpoint, console, training
+from .attacks import make_spec
+from .checkpoint import atomic_write_text
+from .data import Dataset
+from .errors import UsageError
+from .evaluate import attack_accuracy
+
+# short schedules and subsets for smoke runs (the report says when they were used)
+QUICK = {
+    "synthetic": {"epochs": 3, "adv_start": 1, "steps": 5, "cvae_epochs": 6, "train": 3000, "test": 1000},
+    "mnist": {"epochs": 2, "adv_start": 1, "steps": 5, "cvae_epochs": 2, "train": 6000, "test": 1000},
+    "cifar10": {"epochs": 2, "adv_start": 1, "steps": 3, "cvae_epochs": 2, "train": 2000, "test": 500},
+}
+TABLE1_ROWS = ("clean", "fgsm", "pgd", "vae")
+TABLE1_COLS = ("std", "fgsm", "pgd", "vae", "joint")
+LP_MODELS, LP_ATTACKS = ("l1", "pgd", "joint-lp"), ("l1", "pgd")
+GEN_MODELS, GEN_ATTACKS = ("pgd", "vae", "joint"), ("pgd", "vae")
+ALL_MODES = ("std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp")
+
+
+@dataclass
+class Study:
+    data: str
+    run_dir: Path
+    device: object
+    seed: int = 0
+    quick: bool = False
+    strategy: str = "avg"
+    eval_steps: int | None = None  # override of the attacks' steps (quick runs)
+    timings: dict = field(default_factory=dict)
+    spectra_test: object = None
+
+    def __post_init__(self):
+        self.run_dir = Path(self.run_dir)
+        (self.run_dir / "results").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "figures").mkdir(parents=True, exist_ok=True)
+        if self.quick and self.eval_steps is None:
+            self.eval_steps = QUICK[self.data]["steps"]
+
+    # ---------------------------------------------------------------- data and models
+
+    def subset(self, ds: Dataset) -> Dataset:
+        # spectra need more rows per class than pixels, so they always use the whole test split
+        self.spectra_test = ds.test
+        if self.quick:
+            q = QUICK[self.data]
+            ds.train, ds.test = ds.train.head(q["train"]), ds.test.head(q["test"])
+        return ds
+
+    def path(self, mode: str) -> Path:
+        suffix = "-max" if mode in ("joint", "joint-lp") and self.strategy == "max" else ""
+        return self.run_dir / f"{self.data}-{mode}{suffix}.safetensors"
+
+    def config(self, mode: str, ds: Dataset) -> training.TrainConfig:
+        kw = {}
+        if self.quick:
+            q = QUICK[self.data]
+            kw = ({"epochs": q["cvae_epochs"]} if mode == "cvae" else
+                  {"epochs": q["epochs"], "adv_start": q["adv_start"], "steps": q["steps"]})
+        limit = len(ds.train) if self.quick else None
+        strategy = self.strategy if mode in ("joint", "joint-lp") else "avg"
+        cfg = training.resolve_config(self.data, mode, seed=self.seed, limit=limit, strategy=strategy, **kw)
+        if training.needs_cvae(mode):
+            cfg.cvae = str(self.path("cvae"))
+        return cfg
+
+    def ensure_trained(self, mode: str, ds: Dataset) -> Path:
+        """Train `mode` unless its checkpoint is complete; resume it when half-trained."""
+        out = self.path(mode)
+        cfg = self.config(mode, ds)
+        if out.exists():
+            meta = checkpoint.load(out).meta
+            stale = training.mismatched(meta.get("hparams", {}), cfg)
+            if stale:
+                raise UsageError(f"{out} was trained with other settings ({', '.join(stale)}) than this study "
+                                 f"uses; move it away or use another --run-dir")
+            if meta.get("complete"):
+                return out
+        cvae = None
+        if training.needs_cvae(mode):
+            cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
+        console.log(f"[{self.data}] training {mode} -> {out}")
+        t0 = time.perf_counter()
+        training.train(cfg, ds, device=self.device, out=out, resume=True, cvae=cvae)
+        self.timings[f"train:{mode}"] = round(time.perf_counter() - t0, 1)
+        return out
+
+    # ---------------------------------------------------------------- evaluations (cached)
+
+    def _evals_path(self) -> Path:
+        return self.run_dir / "results" / "evals.json"
+
+    def _load_evals(self) -> dict:
+        p = self._evals_path()
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def accuracy(self, mode: str, attack: str, ds: Dataset) -> dict:
+        """Accuracy of the `mode` model under `attack` (cached by checkpoint hash and settings)."""
+        ck = self.ensure_trained(mode, ds)
+        steps = None if attack in ("clean", "fgsm", "vae") else self.eval_steps
+        spec = make_spec(attack, self.data, steps=steps)
+        digest = hashlib.sha256(ck.read_bytes()).hexdigest()[:16]
+        key = json.dumps([ck.name, digest, spec.as_dict(), len(ds.test), self.seed], sort_keys=True)
+        evals = self._load_evals()
+        if key in evals:
+            return evals[key]
+        model, meta = checkpoint.load_model(ck, kind="classifier", device=self.device)
+        cvae = None
+        if spec.space == "latent":
+            cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
+        t0 = time.perf_counter()
+        res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, seed=self.seed, label=f"{mode} / {attack}")
+        row = {"checkpoint": str(ck), "mode": mode, "attack": attack, **spec.as_dict(), **res,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        evals = self._load_evals()  # re-read: keep whatever else finished meanwhile
+        evals[key] = row
+        atomic_write_text(self._evals_path(), json.dumps(evals, indent=1))
+        console.log(f"[{self.data}] {mode} under {attack}: {res['accuracy']:.2%}")
+        return row
+
+    def matrix(self, rows, cols, ds: Dataset) -> dict:
+        return {a: {m: self.accuracy(m, a, ds)["accuracy"] for m in cols} for a in rows}
+
+    # ---------------------------------------------------------------- the trade-off
+
+    def tradeoff(self, ds: Dataset) -> dict:
+        """Both halves of Table 2 and the drops of each joint model against its single models."""
+        lp = self.matrix(LP_ATTACKS, LP_MODELS, ds)
+        gen = self.matrix(GEN_ATTACKS, GEN_MODELS, ds)
+        drop_lp = {"l1": lp["l1"]["l1"] - lp["l1"]["joint-lp"], "pgd": lp["pgd"]["pgd"] - lp["pgd"]["joint-lp"]}
+        drop_gen = {"pgd": gen["pgd"]["pgd"] - gen["pgd"]["joint"], "vae": gen["vae"]["vae"] - gen["vae"]["joint"]}
+        return {
+            "strategy": self.strategy,
+            "lp": lp,
+            "gen": gen,
+            "drops": {
+                "joint-lp": {**drop_lp, "mean": sum(drop_lp.values()) / 2},
+                "joint": {**drop_gen, "mean": sum(drop_gen.values()) / 2},
+            },
+        }
+
+
+def check_dataset(name: str) -> str:
+    if name not in QUICK:
+        raise UsageError(f"unknown data set {name!r}")
+    return name

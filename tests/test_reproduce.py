@@ -1,0 +1,96 @@
+"""`reproduce` and `tradeoff` end to end on tiny synthetic runs, and resumption after a kill."""
+
+import json
+
+import pytest
+
+from manifoldadv import checkpoint, training
+
+from helpers import assert_usage_error, cli, cli_json
+
+TINY = ["--data", "synthetic", "--quick", "--limit", "120", "--no-theory"]
+
+
+def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
+    run = tmp_path / "run"
+    doc = cli_json("reproduce", *TINY, "--run-dir", run)
+    results = json.loads((run / "results.json").read_text())
+    assert results["quick"] is True and results["data"] == "synthetic" and results["n_test"] == 120
+    assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae"}
+    assert set(results["table1"]["pgd"]) == {"std", "fgsm", "pgd", "vae", "joint"}
+    assert set(results["tradeoff"]["drops"]) == {"joint-lp", "joint"}
+    assert {r["set"] for r in results["spectra"]["summary"]} == {"pgd-adv / pgd", "vae-adv / vae"}
+    assert set(results["models"]) == {"cvae", "std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp"}
+    assert doc["report"] == str(run / "report.md")
+    text = (run / "report.md").read_text()
+    assert "QUICK smoke run" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
+    for fig in results["figures"]:
+        assert (run / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+    # the trade-off numbers are the differences of the table cells
+    t = results["tradeoff"]
+    assert t["drops"]["joint"]["vae"] == pytest.approx(t["gen"]["vae"]["vae"] - t["gen"]["vae"]["joint"])
+
+
+def test_reproduce_resumes_after_a_kill(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_save, real_train = checkpoint.save, training.train
+    saves, trained = [], []
+
+    def dying_save(*a, **k):
+        real_save(*a, **k)
+        saves.append(a[0])
+        if len(saves) == 9:  # cvae (6 epochs) + std (3 epochs) done; killed right after
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", dying_save)
+    assert cli("reproduce", *TINY, "--run-dir", run).exit_code == 130
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert checkpoint.load(run / "synthetic-std.safetensors").meta["complete"]
+    assert not (run / "synthetic-fgsm.safetensors").exists()
+
+    # a second kill in the middle of a model: fgsm has 1 of 3 epochs
+    saves.clear()
+
+    def dying_save2(*a, **k):
+        real_save(*a, **k)
+        saves.append(a[0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", dying_save2)
+    assert cli("reproduce", *TINY, "--run-dir", run).exit_code == 130
+    assert checkpoint.load(run / "synthetic-fgsm.safetensors").meta["epoch"] == 1
+    monkeypatch.setattr(checkpoint, "save", real_save)
+
+    def recording_train(cfg, ds, **kw):
+        out = kw["out"]
+        start = checkpoint.load(out).meta["epoch"] if out.exists() else 0
+        trained.append((cfg.mode, start))
+        return real_train(cfg, ds, **kw)
+
+    monkeypatch.setattr(training, "train", recording_train)
+    assert cli("reproduce", *TINY, "--run-dir", run).exit_code == 0
+    modes = [m for m, _ in trained]
+    assert "cvae" not in modes and "std" not in modes  # finished models are not retrained
+    assert ("fgsm", 1) in trained  # the half-trained one resumes at its last epoch
+    assert all(start == 0 for m, start in trained if m != "fgsm")
+    # everything done: a third run trains nothing and evaluates nothing new
+    trained.clear()
+    before = (run / "results" / "evals.json").read_text()
+    assert cli("reproduce", *TINY, "--run-dir", run).exit_code == 0
+    assert trained == [] and (run / "results" / "evals.json").read_text() == before
+
+
+def test_study_refuses_checkpoint_with_other_settings(tmp_path):
+    run = tmp_path / "run"
+    cli_json("train", "--data", "synthetic", "--mode", "std", "--limit", "120", "--epochs", "1",
+             "--out", run / "synthetic-std.safetensors")
+    assert_usage_error(cli("reproduce", *TINY, "--run-dir", run), "synthetic-std.safetensors", "other settings")
+
+
+def test_tradeoff_command_json(tmp_path):
+    doc = cli_json("tradeoff", "--data", "synthetic", "--quick", "--limit", "100", "--run-dir", tmp_path / "t")
+    assert set(doc["lp"]) == {"l1", "pgd"} and set(doc["lp"]["l1"]) == {"l1", "pgd", "joint-lp"}
+    assert set(doc["gen"]) == {"pgd", "vae"} and set(doc["gen"]["vae"]) == {"pgd", "vae", "joint"}
+    d = doc["drops"]["joint-lp"]
+    assert d["mean"] == pytest.approx((d["l1"] + d["pgd"]) / 2)
+    assert doc["paper"]["drops"] is None  # the paper has no synthetic numbers
