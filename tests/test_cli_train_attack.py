@@ -118,3 +118,21 @@ def test_bad_arguments_exit_2(tmp_path):
     assert_usage_error(cli("attack", clf, "--attacks", "vae"), "--cvae")
     assert_usage_error(cli("attack", tmp_path / "none.safetensors"), "not found")
     assert_usage_error(cli("train", "--mode", "cvae", "--model", "lenet5", "--out", tmp_path / "v.safetensors"), "CVAE model")
+
+
+def test_cifar10_end_to_end_on_generated_batches(tmp_path):
+    from helpers import write_fake_cifar
+
+    write_fake_cifar(tmp_path / "data", per_batch=8)
+    common = ["--data", "cifar10", "--data-root", tmp_path / "data", "--epochs", "1"]
+    clf = cli_json("train", *common, "--mode", "pgd", "--adv-start", "0", "--steps", "1", "--batch-size", "16",
+                   "--out", tmp_path / "c.safetensors")
+    assert clf["model"] == "resnet32" and clf["hparams"]["augment"] is True
+    assert clf["hparams"]["attacks"][0]["eps"] == pytest.approx(4 / 255)
+    cv = cli_json("train", *common, "--mode", "cvae", "--out", tmp_path / "v.safetensors")
+    assert cv["model"] == "cvae-cnn" and cv["model_kwargs"]["latent"] == 128
+    doc = cli_json("attack", tmp_path / "c.safetensors", "--attacks", "clean,pgd,vae", "--cvae", tmp_path / "v.safetensors",
+                   "--data-root", tmp_path / "data", "--steps", "1")
+    by = {r["attack"]: r for r in doc["results"]}
+    assert by["pgd"]["eps"] == pytest.approx(4 / 255) and by["vae"]["eps"] == pytest.approx(0.1)
+    assert all(r["n"] == 8 for r in doc["results"])
