@@ -26,7 +26,7 @@ def set_quiet(flag: bool) -> None:
 def log(message: str) -> None:
     """A progress or status line on stderr."""
     if not _quiet:
-        err.print(message, highlight=False)
+        err.print(message, highlight=False, markup=False)
 
 
 def _clean(obj):

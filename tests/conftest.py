@@ -6,6 +6,11 @@ import torch
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
+# Tests are dominated by small tensor ops, where a second OpenMP thread buys little and, on a
+# busy machine, costs a lot (spinning barriers: a 64x784 projection measured 28 ms on one
+# thread, 6.8 s on two under load). Tests that exercise parallel paths set threads themselves.
+torch.set_num_threads(int(os.environ.get("MANIFOLDADV_TEST_THREADS", "1")))
+
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")

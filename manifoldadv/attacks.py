@@ -1,0 +1,186 @@
+"""Regular (input-space) and generative (latent-space) attacks through ONE loop.
+
+An attack is data (`AttackSpec`): a norm, a budget, steps and a step size, and the space it
+works in. `perturb` runs the same projected-gradient loop for all of them; FGSM is one linf step
+of size eps from x0 with no random start; the latent attack runs that loop on z = I_y(x) with
+no box and decodes G_y(z'). Every step is `manifoldadv.ops.pgd_step_` (the fused kernel when
+built). Attacks put the model (and CVAE) in eval mode with frozen parameters and restore both
+afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, ExitStack
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .config import defaults
+from .errors import UsageError
+
+REGULAR = ("fgsm", "pgd", "l2", "l1")
+LATENT = ("vae", "vae-pgd", "vae-l2")
+ATTACKS = ("clean",) + REGULAR + LATENT
+NORM_OF = {"fgsm": "linf", "pgd": "linf", "l2": "l2", "l1": "l1", "vae": "linf", "vae-pgd": "linf", "vae-l2": "l2"}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    norm: str = "linf"
+    eps: float = 0.0
+    steps: int = 0
+    step_size: float = 0.0
+    random_start: bool = False
+    restarts: int = 1
+    l1_quantile: float = 0.99
+
+    @property
+    def space(self) -> str:
+        return "latent" if self.name in LATENT else "input"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["space"] = self.space
+        return d
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    return 2.5 * eps / max(steps, 1)
+
+
+def make_spec(
+    name: str,
+    dataset: str,
+    *,
+    train: bool = False,
+    eps: float | None = None,
+    steps: int | None = None,
+    step_size: float | None = None,
+    restarts: int = 1,
+    random_start: bool | None = None,
+) -> AttackSpec:
+    """The attack `name` with the data set's defaults (training or test budgets), overridable."""
+    if name not in ATTACKS:
+        raise UsageError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    if restarts < 1:
+        raise UsageError(f"restarts must be >= 1, got {restarts}")
+    if name == "clean":
+        return AttackSpec("clean", norm="none")
+    d = defaults(dataset)
+    norm = NORM_OF[name]
+    if name in LATENT:
+        eps = d.latent_eps if eps is None else eps
+        if name == "vae":  # the paper's latent FGSM
+            return AttackSpec(name, norm, eps, 1, eps, False, 1)
+        steps = d.latent_steps if steps is None else steps
+    else:
+        eps = (d.train_eps if train else d.test_eps)[norm] if eps is None else eps
+        if name == "fgsm":
+            return AttackSpec(name, norm, eps, 1, eps, False, 1)
+        steps = d.steps if steps is None else steps
+    if eps < 0 or steps < 1:
+        raise UsageError(f"attack {name}: need eps >= 0 and steps >= 1, got eps={eps}, steps={steps}")
+    step_size = default_step_size(eps, steps) if step_size is None else step_size
+    rs = True if random_start is None else random_start
+    return AttackSpec(name, norm, float(eps), int(steps), float(step_size), rs, int(restarts))
+
+
+@contextmanager
+def frozen(*modules):
+    """Eval mode and no parameter gradients for the duration; both restored afterwards."""
+    saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in modules if m is not None]
+    try:
+        for m, _, _ in saved:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+        yield
+    finally:
+        for m, was_training, flags in saved:
+            m.train(was_training)
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+
+
+def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generator | None):
+    shape, n = x0.shape, x0[0].numel()
+    if spec.norm == "linf":
+        noise = torch.rand(shape, generator=gen, device=x0.device, dtype=x0.dtype) * 2 - 1
+        return (x0 + spec.eps * noise).clamp(lo, hi)
+    if spec.norm == "l2":
+        v = torch.randn(shape, generator=gen, device=x0.device, dtype=x0.dtype)
+    else:  # Laplace directions are uniform on the l1 sphere once normalised
+        e = torch.rand(shape, generator=gen, device=x0.device, dtype=x0.dtype).clamp_min(1e-12)
+        s = torch.rand(shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        v = -torch.log(e) * torch.sign(s - 0.5)
+    p = 2 if spec.norm == "l2" else 1
+    norms = v.flatten(1).norm(p=p, dim=1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
+    radius = torch.rand(shape[0], generator=gen, device=x0.device, dtype=x0.dtype).view_as(norms)
+    x = x0 + v / norms * spec.eps * radius
+    # a zero-gradient step is exactly the projection onto ball ∩ box
+    return ops.pgd_step_(x, x0, torch.zeros_like(x), step=0.0, eps=spec.eps, norm=spec.norm, lo=lo, hi=hi,
+                         l1_quantile=spec.l1_quantile)
+
+
+def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi: float = 1.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """The one projected-gradient loop: maximise per-sample `loss_fn` around x0 within spec's
+    ball ∩ [lo, hi]. With several restarts, each sample keeps the restart of highest final loss."""
+    x0 = x0.detach()
+    best, best_loss = None, None
+    for _ in range(spec.restarts):
+        x = _random_start(x0, spec, lo, hi, generator) if spec.random_start else x0.clone()
+        for _ in range(spec.steps):
+            x.requires_grad_(True)
+            loss = loss_fn(x)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+            x = x.detach()
+            ops.pgd_step_(x, x0, grad, step=spec.step_size, eps=spec.eps, norm=spec.norm, lo=lo, hi=hi,
+                          l1_quantile=spec.l1_quantile)
+        if spec.restarts == 1:
+            return x
+        with torch.no_grad():
+            final = loss_fn(x)
+        if best is None:
+            best, best_loss = x, final
+        else:
+            better = final > best_loss
+            best[better], best_loss[better] = x[better], final[better]
+    return best
+
+
+def _ce(model, y):
+    return lambda inp: F.cross_entropy(model(inp), y, reduction="none")
+
+
+def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adversarial images for (x, y) against `model` under `spec` (in [0, 1])."""
+    if spec.name == "clean":
+        return x
+    with ExitStack() as stack:
+        stack.enter_context(frozen(model, cvae))
+        if spec.space == "input":
+            return maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator)
+        if cvae is None:
+            raise UsageError(f"attack {spec.name} needs a CVAE (--cvae CVAE.safetensors)")
+        with torch.no_grad():
+            z0 = cvae.encode_mean(x, y)
+        loss = lambda z: F.cross_entropy(model(cvae.decode_mean(z, y)), y, reduction="none")  # noqa: E731
+        z = maximize(loss, z0, spec, lo=-math.inf, hi=math.inf, generator=generator)
+        with torch.no_grad():
+            return cvae.decode_mean(z, y)
+
+
+def reconstruct(cvae, x, y) -> torch.Tensor:
+    """G_y(I_y(x)): the clean reconstruction the latent attack starts from."""
+    with frozen(cvae), torch.no_grad():
+        return cvae.decode_mean(cvae.encode_mean(x, y), y)
+
+
+def with_overrides(spec: AttackSpec, **kw) -> AttackSpec:
+    return replace(spec, **{k: v for k, v in kw.items() if v is not None})

@@ -1,0 +1,126 @@
+"""`manifoldadv attack`: the attack matrix (attacks as rows, checkpoints as columns), like the
+paper's Table 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import checkpoint, console
+from ..attacks import ATTACKS, LATENT, make_spec, with_overrides
+from ..config import defaults
+from ..errors import UsageError
+from ..evaluate import attack_accuracy
+from ._app import app
+from ._options import DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from .common import dataset as load_data, load_cvae, start
+
+
+def parse_attacks(text: str) -> list[str]:
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in names if a not in ATTACKS]
+    if bad or not names:
+        raise UsageError(f"unknown attack {bad[0] if bad else text!r}; choose from {', '.join(ATTACKS)}")
+    return list(dict.fromkeys(names))
+
+
+def column_label(meta: dict, path: Path) -> str:
+    return meta.get("mode") or path.stem
+
+
+def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None, eps=None, l1_eps=None,
+               l2_eps=None, latent_eps=None, steps=None, step_size=None, restarts=1, batch_size=None, seed=0):
+    """Evaluate every checkpoint under every attack; returns the JSON rows."""
+    eps_for = {"fgsm": eps, "pgd": eps, "l2": l2_eps, "l1": l1_eps, "vae": latent_eps, "vae-pgd": latent_eps,
+               "vae-l2": latent_eps}
+    bs = batch_size or defaults(ds.name).eval_batch_size
+    rows = []
+    for path in paths:
+        model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
+        if meta["dataset"] != ds.name:
+            raise UsageError(f"{path} was trained on {meta['dataset']}, not {ds.name}")
+        for name in attack_names:
+            spec = make_spec(name, ds.name, eps=eps_for.get(name), restarts=restarts,
+                             steps=None if name in ("clean", "fgsm", "vae") else steps)
+            if step_size is not None and name not in ("clean", "fgsm", "vae"):
+                spec = with_overrides(spec, step_size=step_size)
+            res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
+                                  label=f"{column_label(meta, Path(path))} / {name}")
+            row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name,
+                   "norm": spec.norm, "eps": spec.eps, "steps": spec.steps, "step_size": spec.step_size,
+                   "restarts": spec.restarts, "space": spec.space, **res}
+            if spec.space == "latent":
+                row["cvae"] = str(cvae_path)
+            rows.append(row)
+            console.log(f"{path}: {name} accuracy {res['accuracy']:.2%}")
+    return rows
+
+
+def render(rows, paths) -> Table:
+    table = Table(title="test accuracy (rows: attacks, columns: models)")
+    table.add_column("attack")
+    labels = {}
+    for p in paths:
+        r = next(r for r in rows if r["checkpoint"] == str(p))
+        labels[str(p)] = r["mode"] or Path(p).stem
+    for p in paths:
+        table.add_column(labels[str(p)], justify="right")
+    for name in dict.fromkeys(r["attack"] for r in rows):
+        cells = []
+        for p in paths:
+            r = next(r for r in rows if r["checkpoint"] == str(p) and r["attack"] == name)
+            cell = f"{r['accuracy']:.2%}"
+            if "recon_accuracy" in r:
+                cell += f" (recon {r['recon_accuracy']:.1%})"
+            cells.append(cell)
+        spec = next(r for r in rows if r["attack"] == name)
+        desc = name if name == "clean" else f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['steps']} steps)"
+        table.add_row(desc, *cells)
+    return table
+
+
+@app.command()
+def attack(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)],
+    attacks: Annotated[str, typer.Option("--attacks", help=f"Comma-separated, from: {', '.join(ATTACKS)}.")] = "clean,fgsm,pgd,l2,l1",
+    eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget of fgsm/pgd (default: the data set's test eps).")] = None,
+    l1_eps: Annotated[Optional[float], typer.Option("--l1-eps", min=0.0)] = None,
+    l2_eps: Annotated[Optional[float], typer.Option("--l2-eps", min=0.0)] = None,
+    latent_eps: Annotated[Optional[float], typer.Option("--latent-eps", min=0.0)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps of the iterative attacks.")] = None,
+    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0)] = None,
+    restarts: Annotated[int, typer.Option("--restarts", min=1, help="Random restarts; the worst case per example is kept.")] = 1,
+    cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for the vae attacks.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
+    data_root: DataRoot = None,
+    limit: Limit = None,
+    download: Download = False,
+    json_out: Json = False,
+    seed: Seed = 0,
+    device: DeviceOpt = Device.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Accuracy of each checkpoint under each attack on the test set of its data set."""
+    dev = start(seed=seed, device=device, quiet=quiet)
+    names = parse_attacks(attacks)
+    metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
+    data_names = {m["dataset"] for m in metas}
+    if len(data_names) != 1:
+        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(data_names))}")
+    data_name = data_names.pop()
+    cvae_model = None
+    if any(n in LATENT for n in names):
+        if cvae is None:
+            raise UsageError("the vae attacks need --cvae CVAE.safetensors (train one with --mode cvae)")
+        cvae_model, _ = load_cvae(cvae, dev, data_name)
+    ds = load_data(data_name, data_root, limit, download)
+    rows = run_matrix(checkpoints, names, ds, dev, cvae_model=cvae_model, cvae_path=cvae, eps=eps, l1_eps=l1_eps,
+                      l2_eps=l2_eps, latent_eps=latent_eps, steps=steps, step_size=step_size, restarts=restarts,
+                      batch_size=batch_size, seed=seed)
+    if json_out:
+        console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": seed, "results": rows})
+        return
+    console.out.print(render(rows, checkpoints))

@@ -1,0 +1,33 @@
+"""Glue shared by the commands: start-up (quiet, seed, device) and loading data and CVAEs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, console
+from ..data import load_dataset
+from ..runtime import resolve_device, seed_everything
+
+
+def start(*, seed: int, device, quiet: bool = False, json_out: bool = False) -> torch.device:
+    console.set_quiet(quiet)
+    seed_everything(seed)
+    return resolve_device(getattr(device, "value", device))
+
+
+def dataset(name, data_root, limit, download, seed=0):
+    name = getattr(name, "value", name)
+    console.log(f"loading {name} ...")
+    return load_dataset(name, data_root, limit=limit, download=download, seed=seed)
+
+
+def load_cvae(path: Path, device, dataset_name: str | None = None):
+    model, meta = checkpoint.load_model(path, kind="cvae", device=device)
+    if dataset_name is not None and meta.get("dataset") != dataset_name:
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"{path} is a CVAE for {meta.get('dataset')}, not {dataset_name}")
+    model.eval()
+    return model, meta

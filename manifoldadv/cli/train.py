@@ -1,0 +1,97 @@
+"""`manifoldadv train`: one loop for every mode (std, fgsm, pgd, l2, l1, joint-lp, vae, joint, cvae)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import console, training
+from ._app import app
+from ._options import Data, DataName, DataRoot, DeviceOpt, Device, Download, Json, Limit, Quiet, Seed
+from .common import dataset as load_data, load_cvae, start
+
+Mode = Enum("Mode", {m: m for m in training.MODES}, type=str)
+
+
+class Strategy(str, Enum):
+    avg = "avg"
+    max = "max"
+
+
+def obtain_cvae(cvae: Path | None, out: Path, ds, device, seed: int, data_name: str):
+    """The CVAE a vae/joint mode needs: --cvae, else <run dir>/<data>-cvae.safetensors, trained
+    there first (and said so) when it does not exist yet."""
+    path = cvae or out.parent / f"{data_name}-cvae.safetensors"
+    if cvae is None and not path.exists():
+        console.log(f"no --cvae given and {path} does not exist: training a CVAE first")
+        cfg = training.resolve_config(data_name, "cvae", seed=seed, limit=None)
+        training.train(cfg, ds, device=device, out=path)
+    elif cvae is None:
+        console.log(f"using CVAE {path}")
+    model, _ = load_cvae(path, device, data_name)
+    return model, path
+
+
+@app.command()
+def train(
+    data: Data = DataName.synthetic,
+    mode: Annotated[Mode, typer.Option("--mode", help="Training mode.")] = Mode["std"],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name (default: the data set's; see README).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (default: paper's).")] = None,
+    adv_start: Annotated[Optional[int], typer.Option("--adv-start", min=0, help="First adversarial epoch (0-based count of clean epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0)] = None,
+    eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget (fgsm, pgd, and the linf part of joint modes).")] = None,
+    l1_eps: Annotated[Optional[float], typer.Option("--l1-eps", min=0.0)] = None,
+    l2_eps: Annotated[Optional[float], typer.Option("--l2-eps", min=0.0)] = None,
+    latent_eps: Annotated[Optional[float], typer.Option("--latent-eps", min=0.0, help="Latent FGSM budget (vae, joint).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="PGD steps of the regular training attacks.")] = None,
+    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0, help="PGD step (default 2.5*eps/steps).")] = None,
+    strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint modes: average the losses or take the per-example max.")] = Strategy.avg,
+    latent: Annotated[Optional[int], typer.Option("--latent", min=1, help="Latent size (mode cvae).")] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop + flip (default: on for cifar10).")] = None,
+    cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for vae/joint modes.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Checkpoint path (default runs/<data>-<mode>.safetensors).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint at --out.")] = False,
+    data_root: DataRoot = None,
+    limit: Limit = None,
+    download: Download = False,
+    json_out: Json = False,
+    seed: Seed = 0,
+    device: DeviceOpt = Device.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
+    dev = start(seed=seed, device=device, quiet=quiet)
+    data_name, mode_name = data.value, getattr(mode, "value", mode)
+    out = out or training.default_out(data_name, mode_name)
+    cfg = training.resolve_config(
+        data_name, mode_name, model=model, epochs=epochs, adv_start=adv_start, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, eps=eps, l1_eps=l1_eps, l2_eps=l2_eps, latent_eps=latent_eps, steps=steps,
+        step_size=step_size, strategy=strategy.value, augment=augment, latent=latent, seed=seed, limit=limit,
+        cvae=str(cvae) if cvae else None,
+    )
+    ds = load_data(data_name, data_root, limit, download)
+    cvae_model = None
+    if training.needs_cvae(mode_name):
+        cvae_model, cvae_path = obtain_cvae(cvae, out, ds, dev, seed, data_name)
+        cfg.cvae = str(cvae_path)
+    console.log(f"training {cfg.model} on {data_name} ({len(ds.train)} examples), mode {mode_name}, "
+                f"{cfg.epochs} epochs -> {out}")
+    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model)
+    summary = {"checkpoint": str(out), **{k: v for k, v in meta.items() if k not in ("optimizer",)}}
+    if json_out:
+        console.emit_json(summary)
+        return
+    last = meta["history"][-1] if meta.get("history") else {}
+    if meta["kind"] == "classifier":
+        console.out.print(f"{out}: {meta['model']} {mode_name}, epoch {meta['epoch']}/{meta['epochs']}, "
+                          f"clean test accuracy {meta.get('clean_accuracy', float('nan')):.2%}")
+    else:
+        console.out.print(f"{out}: {meta['model']}, epoch {meta['epoch']}/{meta['epochs']}, test -ELBO "
+                          f"{last.get('test_nelbo', float('nan')):.2f} nats, recon MSE {last.get('test_recon_mse', float('nan')):.5f}")

@@ -1,0 +1,100 @@
+"""A small model registry (timm-style): `create(name, ...)` builds any registered model.
+
+Classifiers take images in [0, 1]; their first layer normalises with the data set's mean/std
+(stored as buffers, so they travel with the checkpoint). Add a model by decorating its builder
+with `@register("name", kind="classifier", description=...)` in a module imported below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "classifier" or "cvae"
+    builder: Callable[..., nn.Module]
+    description: str
+    default_for: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, *, kind: str = "classifier", description: str = "", default_for: tuple[str, ...] = ()):
+    def deco(builder):
+        _REGISTRY[name] = ModelSpec(name, kind, builder, description, default_for)
+        return builder
+
+    return deco
+
+
+def available(kind: str | None = None) -> list[str]:
+    return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
+
+
+def spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown model {name!r}; choose one of {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def default_model(dataset: str, kind: str = "classifier") -> str:
+    for s in _REGISTRY.values():
+        if s.kind == kind and dataset in s.default_for:
+            return s.name
+    raise UsageError(f"no default {kind} model for data set {dataset!r}")
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Normalisation + network. Convolutional nets run channels-last: on CPU that makes the
+    input-gradient pass of an attack about 2.5x faster for LeNet-sized layers (measured)."""
+
+    def __init__(self, net: nn.Module, mean, std, channels_last: bool):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        x = self.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+def create(name: str, *, in_shape, num_classes: int, mean=None, std=None, **kwargs) -> nn.Module:
+    s = spec(name)
+    if s.kind == "classifier":
+        c = in_shape[0]
+        mean = tuple(mean) if mean is not None else (0.0,) * c
+        std = tuple(std) if std is not None else (1.0,) * c
+        net, channels_last = s.builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+        return Classifier(net, mean, std, channels_last)
+    return s.builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+from . import cvae, lenet, mlp, resnet  # noqa: E402,F401  (registration)

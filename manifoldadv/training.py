@@ -1,0 +1,310 @@
+"""ONE training loop for every mode. What differs between modes is data: which attacks make
+the training examples (`MODES`), how their losses combine (`avg` or `max`, Tramer & Boneh
+2019), or, for `cvae`, a different objective plugged into the same loop.
+
+Modes: std (clean), fgsm, pgd (linf), l2, l1, joint-lp (l1 + linf), vae (latent-space
+adversarial training), joint (PGD + VAE), cvae (train the conditional VAE itself).
+Adversarial examples replace the clean batch from epoch `adv_start` on (Madry et al.).
+
+Determinism and resumption: the data order and the attacks' random starts of epoch e come
+from generators seeded with (seed, e), and every epoch ends with an atomic checkpoint that
+includes the optimizer state, so `--resume` after a kill continues exactly where the last
+finished epoch left off (at most the epoch in progress is lost).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, console, models
+from .attacks import make_spec, perturb, AttackSpec
+from .config import defaults
+from .data import Dataset
+from .errors import CheckpointError, UsageError
+from .evaluate import batches, clean_accuracy, make_generator
+from .runtime import versions
+
+MODES: dict[str, tuple[str, ...]] = {
+    "std": (),
+    "fgsm": ("fgsm",),
+    "pgd": ("pgd",),
+    "l2": ("l2",),
+    "l1": ("l1",),
+    "joint-lp": ("l1", "pgd"),
+    "vae": ("vae",),
+    "joint": ("pgd", "vae"),
+    "cvae": (),
+}
+STRATEGIES = ("avg", "max")
+
+
+def needs_cvae(mode: str) -> bool:
+    return any(a in ("vae", "vae-pgd", "vae-l2") for a in MODES.get(mode, ()))
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    mode: str
+    model: str
+    epochs: int
+    adv_start: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int = 0
+    limit: int | None = None
+    augment: bool = False
+    strategy: str = "avg"
+    attacks: list = field(default_factory=list)  # AttackSpec dicts used for training examples
+    model_kwargs: dict = field(default_factory=dict)
+    cvae: str | None = None
+
+    def specs(self) -> list[AttackSpec]:
+        return [AttackSpec(**{k: v for k, v in a.items() if k != "space"}) for a in self.attacks]
+
+
+def resolve_config(
+    data: str,
+    mode: str,
+    *,
+    model: str | None = None,
+    epochs: int | None = None,
+    adv_start: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    eps: float | None = None,
+    l1_eps: float | None = None,
+    l2_eps: float | None = None,
+    latent_eps: float | None = None,
+    steps: int | None = None,
+    step_size: float | None = None,
+    strategy: str = "avg",
+    augment: bool | None = None,
+    latent: int | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    cvae: str | None = None,
+) -> TrainConfig:
+    """The paper's defaults for (data, mode), with every given override applied."""
+    data = str(getattr(data, "value", data))
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if strategy not in STRATEGIES:
+        raise UsageError(f"--strategy must be avg or max, got {strategy!r}")
+    d = defaults(data)
+    if mode == "cvae":
+        cd = d.cvae
+        model = model or cd.model
+        if models.spec(model).kind != "cvae":
+            raise UsageError(f"mode cvae needs a CVAE model ({', '.join(models.available('cvae'))}), got {model!r}")
+        return TrainConfig(
+            data=data, mode=mode, model=model, epochs=epochs or cd.epochs, adv_start=0,
+            batch_size=batch_size or cd.batch_size, lr=lr or cd.lr, weight_decay=0.0 if weight_decay is None else weight_decay,
+            seed=seed, limit=limit, augment=False, model_kwargs={"latent": latent or cd.latent},
+        )
+    model = model or d.model
+    if models.spec(model).kind != "classifier":
+        raise UsageError(f"mode {mode} trains a classifier; {model!r} is a {models.spec(model).kind}")
+    eps_for = {"fgsm": eps, "pgd": eps, "l2": l2_eps, "l1": l1_eps, "vae": latent_eps}
+    specs = []
+    for name in MODES[mode]:
+        latent_attack = name == "vae"
+        specs.append(make_spec(name, data, train=True, eps=eps_for[name],
+                               steps=None if latent_attack else steps,
+                               step_size=None if latent_attack else step_size).as_dict())
+    epochs = d.epochs if epochs is None else epochs
+    adv_start = min(d.adv_start, epochs) if adv_start is None else adv_start
+    if epochs < 1 or adv_start < 0:
+        raise UsageError(f"need --epochs >= 1 and --adv-start >= 0, got {epochs} and {adv_start}")
+    return TrainConfig(
+        data=data, mode=mode, model=model, epochs=epochs, adv_start=adv_start,
+        batch_size=batch_size or d.batch_size, lr=lr or d.lr,
+        weight_decay=d.weight_decay if weight_decay is None else weight_decay,
+        seed=seed, limit=limit, augment=d.augment if augment is None else augment,
+        strategy=strategy, attacks=specs, cvae=cvae,
+    )
+
+
+def default_out(data: str, mode: str, run_dir: str | Path = "runs") -> Path:
+    return Path(run_dir) / f"{data}-{mode}.safetensors"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 4-pixel-padded crop and horizontal flip (the standard CIFAR recipe)."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (b,), generator=gen).tolist()
+    dy = torch.randint(0, 9, (b,), generator=gen).tolist()
+    flip = torch.rand(b, generator=gen) < 0.5
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), out.flip(3), out)
+
+
+class ClassifierObjective:
+    kind = "classifier"
+
+    def __init__(self, cfg: TrainConfig, cvae=None):
+        self.cfg, self.specs, self.cvae = cfg, cfg.specs(), cvae
+
+    def loss(self, model, x, y, epoch, gen):
+        if not self.specs or epoch < self.cfg.adv_start:
+            logits = model(x)
+            return F.cross_entropy(logits, y), {"correct": int((logits.argmax(1) == y).sum())}
+        losses, correct = [], 0
+        for spec in self.specs:
+            x_adv = perturb(model, x, y, spec, cvae=self.cvae, generator=gen)
+            logits = model(x_adv)
+            losses.append(F.cross_entropy(logits, y, reduction="none"))
+            correct += int((logits.argmax(1) == y).sum())
+        stacked = torch.stack(losses)
+        per_sample = stacked.mean(0) if self.cfg.strategy == "avg" else stacked.max(0).values
+        return per_sample.mean(), {"correct": correct / len(self.specs)}
+
+    def evaluate(self, model, dataset: Dataset, device) -> dict:
+        return {"clean_accuracy": clean_accuracy(model, dataset.test, device=device)}
+
+
+class CVAEObjective:
+    kind = "cvae"
+
+    def loss(self, model, x, y, epoch, gen):
+        nelbo, _ = model.negative_elbo(x, y, generator=gen)
+        return nelbo.mean(), {}
+
+    def evaluate(self, model, dataset: Dataset, device) -> dict:
+        return cvae_test_metrics(model, dataset, device)
+
+
+def cvae_test_metrics(model, dataset: Dataset, device, batch_size: int = 1000) -> dict:
+    """Test -ELBO (nats per image) and mean-reconstruction squared error per pixel."""
+    was = model.training
+    model.eval()
+    gen = make_generator(device, 0)
+    tot_nelbo = tot_sq = 0.0
+    n = len(dataset.test)
+    with torch.no_grad():
+        for sl in batches(n, batch_size):
+            x, y = dataset.test.images(sl).to(device), dataset.test.y[sl].to(device)
+            nelbo, _ = model.negative_elbo(x, y, generator=gen)
+            rec = model.decode_mean(model.encode_mean(x, y), y)
+            tot_nelbo += float(nelbo.sum())
+            tot_sq += float((rec - x).pow(2).sum())
+    model.train(was)
+    return {"test_nelbo": tot_nelbo / n, "test_recon_mse": tot_sq / (n * dataset.dim)}
+
+
+def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, history: list, metrics: dict,
+          model_kwargs: dict) -> dict:
+    meta = {
+        "kind": model_kind,
+        "model": cfg.model,
+        "model_kwargs": model_kwargs,
+        "in_shape": list(dataset.shape),
+        "num_classes": dataset.num_classes,
+        "dataset": cfg.data,
+        "mode": cfg.mode,
+        "hparams": asdict(cfg),
+        "epoch": epoch,
+        "epochs": cfg.epochs,
+        "complete": epoch >= cfg.epochs,
+        "seed": cfg.seed,
+        "versions": versions(),
+        "history": history,
+    }
+    if model_kind == "classifier":
+        meta.update(mean=list(dataset.mean), std=list(dataset.std))
+    meta.update(metrics)
+    return meta
+
+
+_MUST_MATCH = ("data", "mode", "model", "epochs", "adv_start", "batch_size", "lr", "weight_decay", "seed",
+               "limit", "augment", "strategy", "attacks", "model_kwargs")
+
+
+def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
+          cvae=None) -> dict:
+    """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata."""
+    out = Path(out)
+    objective = CVAEObjective() if cfg.mode == "cvae" else ClassifierObjective(cfg, cvae)
+    if needs_cvae(cfg.mode) and cvae is None:
+        raise UsageError(f"mode {cfg.mode} needs a CVAE (--cvae)")
+    torch.manual_seed(cfg.seed)
+    model = models.create(cfg.model, in_shape=dataset.shape, num_classes=dataset.num_classes,
+                          mean=dataset.mean, std=dataset.std, **cfg.model_kwargs).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    if out.exists() and resume:
+        ck = checkpoint.load(out, kind=objective.kind)
+        old = ck.meta.get("hparams", {})
+        mismatch = [k for k in _MUST_MATCH if k in old and old[k] != asdict(cfg)[k]]
+        if mismatch:
+            raise CheckpointError(f"{out} was trained with different settings ({', '.join(mismatch)}); "
+                                  f"use another --out or --force to start over")
+        if ck.meta.get("complete"):
+            console.log(f"{out}: already trained ({ck.meta['epoch']} epochs), nothing to do")
+            return ck.meta
+        model.load_state_dict(ck.state_dict())
+        opt_state = ck.optimizer_state()
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+        start, history = int(ck.meta["epoch"]), list(ck.meta.get("history", []))
+        console.log(f"{out}: resuming at epoch {start + 1}/{cfg.epochs}")
+    elif out.exists() and not force:
+        raise UsageError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
+
+    split = dataset.train
+    n = len(split)
+    meta = None
+    attack_device_gen = None
+    with console.progress() as bar:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+            attack_device_gen = make_generator(device, epoch_seed(cfg.seed, epoch) + 1)
+            perm = torch.randperm(n, generator=gen)
+            adversarial = cfg.mode != "cvae" and bool(cfg.attacks) and epoch >= cfg.adv_start
+            tag = "adv" if adversarial else ("cvae" if cfg.mode == "cvae" else "clean")
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{tag}]", total=n, status="")
+            model.train()
+            tot_loss = tot_correct = seen = 0.0
+            for sl in batches(n, cfg.batch_size):
+                idx = perm[sl]
+                x, y = split.images(idx), split.y[idx]
+                if cfg.augment:
+                    x = _augment(x, gen)
+                x, y = x.to(device), y.to(device)
+                loss, stats = objective.loss(model, x, y, epoch, attack_device_gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                b = y.shape[0]
+                seen += b
+                tot_loss += float(loss.detach()) * b
+                tot_correct += stats.get("correct", 0)
+                bar.update(task, advance=b, status=f"loss {tot_loss / seen:.4f}")
+            bar.remove_task(task)
+            metrics = objective.evaluate(model, dataset, device)
+            record = {"epoch": epoch + 1, "adversarial": adversarial, "train_loss": tot_loss / seen,
+                      "seconds": round(time.perf_counter() - t0, 2), **metrics}
+            if objective.kind == "classifier":
+                record["train_accuracy"] = tot_correct / seen
+            history.append(record)
+            meta = _meta(cfg, dataset, objective.kind, epoch + 1, history, metrics, cfg.model_kwargs)
+            checkpoint.save(out, model, meta, opt)
+            shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                              if k not in ("epoch", "adversarial"))
+            console.log(f"epoch {epoch + 1}/{cfg.epochs} [{tag}]  {shown}")
+    if meta is None:  # zero epochs left to run
+        meta = checkpoint.load(out).meta
+    return meta
