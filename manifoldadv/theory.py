@@ -178,15 +178,20 @@ def latent_gain(lam, q: int, L) -> np.ndarray:
     ``f_i = 1`` for i > q. ``f_i = +inf`` where the inner problem is unbounded
     (``L lam_i <= a_i`` with ``a_i > 0``).
     """
+    return 1.0 + _latent_gain_excess(lam, q, L)
+
+
+def _latent_gain_excess(lam, q: int, L) -> np.ndarray:
+    """``f_i - 1`` computed directly (no cancellation at large L)."""
     lam = np.asarray(lam, dtype=np.float64)
     Lb = _mult(L)
     sigma2, a = ppca(lam, q)
     den = Lb * lam[:q] - a  # = (L - 1) lam_i + sigma2
     with np.errstate(divide="ignore", invalid="ignore"):
-        fq = np.where(a > 0, np.where(den > 0, 1.0 + a / np.where(den > 0, den, 1.0), np.inf), 1.0)
-    f = np.ones(np.broadcast_shapes(Lb.shape, lam.shape))
-    f[..., :q] = fq
-    return f
+        gq = np.where(a > 0, np.where(den > 0, a / np.where(den > 0, den, 1.0), np.inf), 0.0)
+    g = np.zeros(np.broadcast_shapes(Lb.shape, lam.shape))
+    g[..., :q] = gq
+    return g
 
 
 def _support_ratio(Lam: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -204,11 +209,12 @@ def latent_excess_perturbation(lam, q: int, L, strategy: int) -> np.ndarray:
     """
     lam = np.asarray(lam, dtype=np.float64)
     Lam = strategy_spectrum(lam, q, strategy)
-    f = latent_gain(lam, q, L)[..., :q]
+    g = _latent_gain_excess(lam, q, L)[..., :q]  # f - 1
     w = Lam[:q] / lam[:q]
-    # Where f is infinite the Lagrangian is unbounded, even along a coordinate x' leaves at 0.
+    # f^2 - 1 = g (2 + g) avoids cancellation at large L. Where f is infinite the Lagrangian is
+    # unbounded, even along a coordinate x' leaves at 0.
     with np.errstate(invalid="ignore"):
-        terms = np.where(np.isinf(f), np.inf, (f**2 - 1.0) * w)
+        terms = np.where(np.isinf(g), np.inf, g * (2.0 + g) * w)
     return 0.5 * np.sum(terms, axis=-1)
 
 
@@ -286,8 +292,11 @@ def original_excess_risk(lam, Lp) -> np.ndarray:
     manifold) the inner supremum, hence the excess risk, is ``+inf``. Each term behaves like
     ``1/(L' lam_i)`` for large ``L' lam_i``: the value decays like ``1/L'``.
     """
-    g = original_gain(lam, Lp)
-    return 0.5 * np.sum(g**2 - 1.0, axis=-1)
+    lam = np.asarray(lam, dtype=np.float64)
+    x = _mult(Lp, "L'") * lam
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(x > 1, (2.0 * x - 1.0) / np.where(x > 1, x - 1.0, 1.0) ** 2, np.inf)
+    return 0.5 * np.sum(terms, axis=-1)
 
 
 def original_excess_bounds(lam, Lp) -> dict:
