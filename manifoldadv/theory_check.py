@@ -767,6 +767,7 @@ def simulate(
     inner_steps: int = 5,
     n_fit: int | None = None,
     seed: int = 0,
+    original: bool = True,
 ) -> dict:
     """Train the Gaussian classifier by gradient descent-ascent on samples of ``N(mu*, Sigma*)``
     (random rotation U and mean), (a) against the optimal original-space perturbation and
@@ -778,6 +779,7 @@ def simulate(
 
     ``n_fit``: fit the generator and the model's eigenbasis to ``n_fit`` real samples instead of
     the population (strategy 3 only): the latent result is then compared with Theorem 9.
+    ``original=False`` skips part (a) (its entry is then None).
     """
     if inner not in ("exact", "ascent"):
         raise UsageError(f"inner must be 'exact' or 'ascent', got {inner!r}")
@@ -799,10 +801,11 @@ def simulate(
     # (a) original space, model basis = the data's eigenvectors
     gen_pop = fit_ppca(pop.mu, pop.Sigma, q)
     V = gen_pop.V
-    orig = _gda(X, V, None, Lp, **kw)
-    s_orig = np.mean(np.einsum("nd,dk->nk", X - X.mean(axis=0), V) ** 2, axis=0)
     th6 = T.original_saddle(lam, Lp)
-    th6_sample = T.original_saddle(s_orig, Lp)
+    if original:
+        orig = _gda(X, V, None, Lp, **kw)
+        s_orig = np.mean(np.einsum("nd,dk->nk", X - X.mean(axis=0), V) ** 2, axis=0)
+        th6_sample = T.original_saddle(s_orig, Lp)
 
     # (b) latent space
     if n_fit is None:
@@ -833,7 +836,7 @@ def simulate(
         "samples": samples,
         "inner": inner,
         "eigenvalues": lam,
-        "original": {
+        "original": None if not original else {
             "learned": orig["eigenvalues"],
             "theorem6": th6,
             "rel_error": _rel(orig["eigenvalues"], th6),
@@ -962,6 +965,9 @@ def verify(cases: list[Case] | None = None, *, samples: int = 200_000, seed: int
         for j in T.STRATEGIES:
             s += 1
             mc = mc_latent_excess(lam, q, L, j, samples, seed=s)
+            mc_rej = mc  # rejecting the paper's form needs power: at least 200000 samples
+            if samples < 200_000 and T.strategy_spectrum(lam, q, j).min() > 0:
+                mc_rej = mc_latent_excess(lam, q, L, j, 200_000, seed=s + 10_000)
             pert = float(T.latent_excess_perturbation(lam, q, L, j))
             ch = T.latent_excess_change(lam, q, j)
             chp = T.latent_excess_change_paper(lam, q, j)
@@ -969,7 +975,7 @@ def verify(cases: list[Case] | None = None, *, samples: int = 200_000, seed: int
             add(f"Thm 2: change of distribution, strategy {j}", case.name,
                 zscore(ch, mc["change_of_distribution"]), 4.0, "z")
             add(f"Thm 2: total, strategy {j}", case.name, zscore(pert + ch, mc["total"]), 4.0, "z")
-            zp = zscore(chp, mc["change_of_distribution"])
+            zp = zscore(chp, mc_rej["change_of_distribution"])
             same = abs(chp - ch) <= 1e-12 * max(1.0, abs(ch)) if math.isfinite(chp) else False
             paper_z.append((j, zp, same, chp))
         for j, zp, same, chp in paper_z:
@@ -1050,7 +1056,7 @@ def verify(cases: list[Case] | None = None, *, samples: int = 200_000, seed: int
     # Simulation: gradient descent-ascent from samples
     lam_sim = T.as_spectrum([5, 4, 3, 2, 1.5, 1, 0.75, 0.5])
     for j in T.STRATEGIES:
-        sim = simulate(lam_sim, 3, 4.0, 4.0, j, samples=simulate_samples, seed=seed + j)
+        sim = simulate(lam_sim, 3, 4.0, 4.0, j, samples=simulate_samples, seed=seed + j, original=j == 1)
         if j == 1:
             add("Simulation: original space vs Thm 6", "d=8 q=3", sim["original"]["rel_error"].max(), 0.03, "rel")
             add("Simulation: original space vs Thm 6 at sample moments", "d=8 q=3",
@@ -1058,7 +1064,7 @@ def verify(cases: list[Case] | None = None, *, samples: int = 200_000, seed: int
         add(f"Simulation: latent space vs Thm 5, strategy {j}", "d=8 q=3", sim["latent"]["rel_error"].max(), 0.03, "rel")
         add(f"Simulation: latent vs Thm 5 at sample moments, strategy {j}", "d=8 q=3",
             sim["latent"]["rel_error_at_sample"].max(), 1e-6, "rel")
-    sim = simulate(lam_sim, 3, 4.0, 4.0, 3, samples=simulate_samples, n_fit=200, seed=seed)
+    sim = simulate(lam_sim, 3, 4.0, 4.0, 3, samples=simulate_samples, n_fit=200, seed=seed, original=False)
     add("Thm 9: latent training, generator fitted on n=200, vs Thm 9", "d=8 q=3",
         sim["latent"]["rel_error_theorem9"].max(), 0.03, "rel",
         f"vs population Thm 5: {sim['latent']['rel_error'].max():.3f}")

@@ -83,6 +83,9 @@ def _parse_eigenvalues(text: str) -> np.ndarray:
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UsageError(f"--spectrum: no such file {path}")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise UsageError(f"--spectrum: {path} is not a .npy file (written by numpy.save)")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # malformed file: one line, no traceback
@@ -101,22 +104,25 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def mnist_spectrum(k: int, data_root=None) -> np.ndarray:
-    """Eigenvalues (float64) of the pixel covariance of class k of the real MNIST training set,
-    accumulated by the covariance op ``ClassCovariance`` over all ten classes."""
+    """Eigenvalues (float64) of the pixel covariance of class k of the real MNIST training set:
+    the class's images go through the covariance op ``ClassCovariance`` (float64 state), then
+    ``eigvalsh`` in float64. Only class k's rows are fed to the op (the other classes' covariances
+    are not needed)."""
     import torch
 
     from ..data import load_dataset
     from ..ops import ClassCovariance
 
     ds = load_dataset("mnist", data_root)
-    n = len(ds.train)
-    acc = ClassCovariance(10, ds.dim)
-    for start in range(0, n, 10000):
-        idx = torch.arange(start, min(n, start + 10000))
-        acc.update(ds.train.images(idx).reshape(len(idx), -1).to(torch.float32), ds.train.y[idx])
+    console.log(f"computing the covariance of MNIST class {k} (training set, {ds.dim} pixels) ...")
+    idx = torch.nonzero(ds.train.y == k).flatten()
+    if idx.numel() < 2:
+        raise UsageError(f"mnist:{k}: class {k} has {idx.numel()} training images")
+    acc = ClassCovariance(ds.num_classes, ds.dim)
+    for start in range(0, idx.numel(), 4096):
+        part = idx[start:start + 4096]
+        acc.update(ds.train.images(part).reshape(len(part), -1).to(torch.float32), ds.train.y[part])
     counts, _, covs = acc.finalize()
-    if int(counts[k]) < 2:
-        raise UsageError(f"mnist:{k}: class {k} has {int(counts[k])} training images")
     return np.linalg.eigvalsh(covs[k].to(torch.float64).numpy())
 
 
@@ -140,7 +146,6 @@ def resolve_spectrum(eigenvalues, spectrum, d, alpha, data_root=None, default: s
         label = spectrum.split(":", 1)[1]
         if not label.isdigit() or not 0 <= int(label) <= 9:
             raise UsageError(f"--spectrum mnist:K needs a class K in 0..9, got {spectrum!r}")
-        console.log(f"computing the covariance of MNIST class {label} (training set) ...")
         return T.as_spectrum(mnist_spectrum(int(label), data_root)), f"MNIST train class {label}"
     if spectrum.endswith(".npy") or Path(spectrum).exists():
         return T.as_spectrum(_load_npy(Path(spectrum))), f"file {spectrum}"
@@ -675,6 +680,9 @@ def simulate(
     lam, source = resolve_spectrum(eigenvalues, spectrum, d, alpha, data_root, default=SIMULATE_EIGENVALUES)
     if lam.size > 128:
         raise UsageError(f"simulate keeps samples x d arrays in memory: d <= 128, got {lam.size}")
+    T.ppca(lam, q)
+    if n_fit is not None and strategy != 3:
+        raise UsageError("--n-fit (Theorem 9) is stated for strategy 3; use --strategy 3")
     console.log(f"gradient descent-ascent: {samples} samples, d={lam.size}, q={q}, inner {inner.value}")
     t0 = time.perf_counter()
     res = C.simulate(lam, q, L, L_orig, strategy, samples=samples, steps=steps, lr=lr, inner=inner.value,
