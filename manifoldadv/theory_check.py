@@ -35,8 +35,13 @@ LOG2PI = math.log(2.0 * math.pi)
 
 
 def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``A @ B`` for a tall A and a small B: numpy's own loop (einsum) when B is small, since
-    multi-threaded BLAS on thin products is slow on a busy shared machine; BLAS otherwise."""
+    """``A @ B`` for a tall A and a small B: elementwise when B is diagonal (the eigenbasis of a
+    large spectrum), numpy's own loop (einsum) when B is small, since multi-threaded BLAS on thin
+    products is slow on a busy shared machine; BLAS otherwise. The result is the same product."""
+    if B.shape[0] == B.shape[1] and B.shape[0] > 1:
+        diag = np.diagonal(B)
+        if np.count_nonzero(B) == np.count_nonzero(diag):
+            return A * diag
     if B.shape[0] * B.shape[1] <= 4096:
         return np.einsum("nd,dk->nk", A, B)
     return A @ B
@@ -85,7 +90,13 @@ def population(lam, rng: np.random.Generator, rotate: bool = True) -> Population
 
 
 def _eigh_desc(S: np.ndarray):
-    w, V = np.linalg.eigh(0.5 * (S + S.T))
+    """Eigenvalues (decreasing) and eigenvectors of a symmetric matrix; a diagonal one is read off
+    (LAPACK on a large matrix is slow on a busy machine and would only return the identity)."""
+    S = 0.5 * (S + S.T)
+    if np.count_nonzero(S) == np.count_nonzero(np.diagonal(S)):
+        order = np.argsort(-np.diagonal(S), kind="stable")
+        return np.diagonal(S)[order].copy(), np.eye(S.shape[0])[:, order]
+    w, V = np.linalg.eigh(S)
     return w[::-1].copy(), V[:, ::-1].copy()
 
 
@@ -151,9 +162,18 @@ class GaussianLoss:
     negative log-density of the (possibly degenerate) Gaussian on its support; ``+inf`` off it."""
 
     def __init__(self, mu, Sigma):
-        w, V = _eigh_desc(np.asarray(Sigma, dtype=np.float64))
-        tol = 1e-12 * max(float(w.max()), 0.0) * w.size
+        Sigma = np.asarray(Sigma, dtype=np.float64)
+        # A diagonal covariance (the eigenbasis of a large spectrum) is read off directly, so the
+        # projections below are column selections instead of d x d products.
+        self.diagonal = np.count_nonzero(Sigma) == np.count_nonzero(np.diagonal(Sigma))
+        if self.diagonal:
+            w, V = np.diagonal(Sigma).copy(), np.eye(Sigma.shape[0])
+        else:
+            w, V = _eigh_desc(Sigma)
+        # the same round-off rule as theory.as_spectrum, so both agree on what is zero
+        tol = 10.0 * w.size * np.finfo(np.float64).eps * max(float(w.max()), 0.0)
         keep = w > tol
+        self.keep = keep
         self.mu = np.asarray(mu, dtype=np.float64)
         self.V, self.w, self.Vn = V[:, keep], w[keep], V[:, ~keep]
         self.rank = int(keep.sum())
@@ -161,13 +181,20 @@ class GaussianLoss:
         self.pinv = (self.V / self.w) @ self.V.T
         self.off_tol = 1e-8 * math.sqrt(float(w.max()))
 
+    def support_part(self, X: np.ndarray) -> np.ndarray:
+        """The loss without the off-support ``+inf``: the log-density of the projection of X onto
+        the support. Two points differing by a vector inside the support have the same off-support
+        part, so the difference of their losses is the difference of these."""
+        D = X - self.mu
+        Y = D[:, self.keep] if self.diagonal else _mm(D, self.V)
+        return 0.5 * (self.rank * LOG2PI + self.logdet + np.sum(Y**2 / self.w, axis=1))
+
     def __call__(self, X: np.ndarray) -> np.ndarray:
         D = X - self.mu
-        Y = _mm(D, self.V)
-        out = 0.5 * (self.rank * LOG2PI + self.logdet + np.sum(Y**2 / self.w, axis=1))
+        out = self.support_part(X)
         if self.Vn.shape[1]:
-            off = np.linalg.norm(_mm(D, self.Vn), axis=1) > self.off_tol
-            out = np.where(off, np.inf, out)
+            off_part = D[:, ~self.keep] if self.diagonal else _mm(D, self.Vn)
+            out = np.where(np.linalg.norm(off_part, axis=1) > self.off_tol, np.inf, out)
         return out
 
 
@@ -279,6 +306,9 @@ def mc_latent_excess(lam, q: int, L: float, strategy: int, n: int, seed: int = 0
     Woodbury form the theorem uses), ``x_adv = x' + W dz``. Returns mean/stderr/n of
     ``l(x_adv) - l(x')`` (perturbation), ``l(x') - l(x)`` (change of distribution) and
     ``l(x_adv) - l(x)`` (total). The sup is ``+inf`` when ``W^T Sigma^+ W`` has an eigenvalue >= L.
+    When ``x'`` leaves the support of a singular ``Sigma*`` (strategies 2, 3 with sigma2 > 0) its
+    loss is ``+inf``; the perturbation part is then the (finite) difference of the losses' support
+    parts, which is what the closed form gives.
     """
     rng = np.random.default_rng(seed)
     pop = population(lam, rng, rotate)
@@ -293,10 +323,14 @@ def mc_latent_excess(lam, q: int, L: float, strategy: int, n: int, seed: int = 0
         Xp = strategy_sample(gen, strategy, X, k, rng)
         lx, lxp = loss(X), loss(Xp)
         if unbounded:
-            ladv = np.full(k, np.inf)
+            ladv = pert = np.full(k, np.inf)
         else:
-            ladv = loss(Xp + _mm(Xp - pop.mu, M.T @ gen.W.T))
-        acc["perturbation"].add(ladv - lxp if np.all(np.isfinite(lxp)) else np.full(k, np.inf))
+            Xadv = Xp + _mm(_mm(Xp - pop.mu, M.T), gen.W.T)  # W M has rank q: two thin products
+            ladv = loss(Xadv)
+            # W dz lies in the support (q <= rank), so x_adv and x' share their off-support part:
+            # where x' is off the support (both losses +inf) the difference is still finite.
+            pert = loss.support_part(Xadv) - loss.support_part(Xp)
+        acc["perturbation"].add(pert)
         acc["change_of_distribution"].add(lxp - lx)
         acc["total"].add(ladv - lx)
     return {k: v.result() for k, v in acc.items()}
@@ -311,7 +345,7 @@ def mc_original_excess(lam, Lp: float, n: int, seed: int = 0, rotate: bool = Tru
     Sigma = pop.Sigma
     loss = GaussianLoss(pop.mu, Sigma)
     acc = _Mean()
-    if loss.rank < pop.d or np.linalg.eigvalsh(Sigma).min() * Lp <= 1.0:
+    if loss.rank < pop.d or float(loss.w.min()) * Lp <= 1.0:
         acc.add(np.array([np.inf]))
         return acc.result() | {"n": 0}
     A = Lp * Sigma - np.eye(pop.d)
@@ -708,13 +742,19 @@ def _gda(
     Wm = np.eye(d) if W is None else W
     mu0 = inputs.mean(axis=0)
     Yall = np.einsum("nd,dk->nk", inputs - mu0, V)
-    Wt = V.T @ Wm  # decoder in basis coordinates, d x k
+    # decoder in basis coordinates, d x k; in the original space the perturbation itself is
+    # written in the basis (the penalty |dx|^2 is rotation invariant), so it is exactly I
+    Wt = np.eye(d) if W is None else V.T @ Wm
     k = Wt.shape[1]
     c = np.sum(Wt**2, axis=1) / L  # concavity needs exp(rho_i) > c_i
     var = np.mean(Yall**2, axis=0)
     # Directions the inputs never move in and the perturbation cannot reach carry no data:
     # the model's eigenvalue there is 0 (support convention) and they are left out.
-    active = (c > 1e-12 * max(float(c.max()), 1e-300)) | (var > 1e-12 * float(var.max()))
+    # Variance at round-off level (x' = A x for strategy 1, lam_i = 0) is exactly zero data.
+    zero = var <= 1e-20 * float(var.max())
+    Yall[:, zero] = 0.0
+    var = np.where(zero, 0.0, var)
+    active = (c > 1e-12 * max(float(c.max()), 1e-300)) | ~zero
     Y0, Wt, c, var = Yall[:, active], Wt[active], c[active], var[active]
     da = int(active.sum())
     m = np.zeros(da)  # model mean minus the input mean, basis coordinates
@@ -741,11 +781,14 @@ def _gda(
         g_m_nat = R.mean(axis=0)
         lr_rho = np.where(g_rho * prev_g < 0, lr_rho * 0.5, lr_rho)
         prev_g = g_rho
-        new = rho - lr_rho * g_rho
+        new = rho - np.clip(lr_rho * g_rho, -1.0, 1.0)  # at most a factor e per step
         rho = np.where(np.isfinite(bound), np.maximum(new, 0.5 * (rho + bound)), new)
         m = m + 0.5 * g_m_nat
         steps_done = t + 1
-        gnorm = float(np.sqrt(np.sum(g_rho**2) + np.sum((g_m_nat / lamm) ** 2)))
+        # projected gradient: a coordinate pressed against the domain boundary (no data there,
+        # the optimum is the boundary itself) does not count
+        at_bound = (g_rho > 0) & (rho - bound < 1e-9)
+        gnorm = float(np.sqrt(np.sum(np.where(at_bound, 0.0, g_rho) ** 2) + np.sum((g_m_nat / lamm) ** 2)))
         if gnorm < tol:
             break
     lam_out = np.zeros(d)

@@ -129,8 +129,9 @@ def test_latent_gain_is_lemma2_in_the_eigenbasis():
 # --------------------------------------------------------------------------- Theorem 2, Corollary 3
 
 
-@pytest.mark.parametrize("lam,q,L", [(FULL, 2, 3.0), (RANKQ, 3, 2.0), (T.as_spectrum([4, 2, 1, 0.5]), 2, 1.5)],
-                         ids=["full-rank", "rank-q", "toy-L1.5"])
+@pytest.mark.parametrize("lam,q,L", [(FULL, 2, 3.0), (RANKQ, 3, 2.0), (T.as_spectrum([4, 2, 1, 0.5]), 2, 1.5),
+                                     (T.as_spectrum([4, 2, 1, 0]), 2, 4.0)],
+                         ids=["full-rank", "rank-q", "toy-L1.5", "singular-noise"])
 @pytest.mark.parametrize("strategy", [1, 2, 3])
 def test_theorem2_both_parts_monte_carlo(lam, q, L, strategy):
     mc = C.mc_latent_excess(lam, q, L, strategy, 60_000, seed=strategy)
@@ -139,6 +140,10 @@ def test_theorem2_both_parts_monte_carlo(lam, q, L, strategy):
     assert C.zscore(pert, mc["perturbation"]) <= 4
     assert C.zscore(ch, mc["change_of_distribution"]) <= 4
     assert C.zscore(float(T.latent_excess_risk(lam, q, L, strategy)), mc["total"]) <= 4
+    if lam.min() == 0 and T.ppca(lam, q)[0] > 0 and strategy > 1:
+        # x' gets noise off the support of Sigma*: the change part is +inf, the perturbation finite
+        assert ch == math.inf and mc["change_of_distribution"]["mean"] == math.inf
+        assert math.isfinite(pert)
 
 
 def test_paper_change_of_distribution_form_is_rejected():
@@ -307,3 +312,16 @@ def test_theorem9_finite_sample_generator():
     assert sim["latent"]["rel_error"].max() > 3 * e9  # the population's Theorem 5 is not what it learns
     with pytest.raises(UsageError):
         C.simulate(lam, 3, 4.0, 4.0, 1, n_fit=200)
+
+
+def test_simulation_on_manifold_data_puts_one_over_L_off_the_manifold():
+    """lam_i = 0: the original-space optimum sits on the domain boundary 1/L' (Theorem 6 gives
+    1/L' there); strategy 1 leaves no data off span(W), so the latent eigenvalue there is 0."""
+    lam = T.as_spectrum([4.0, 2.0, 1.0, 0.0, 0.0])
+    for j in (1, 3):
+        sim = C.simulate(lam, 2, 4.0, 4.0, j, samples=20_000, seed=3)
+        np.testing.assert_allclose(sim["original"]["learned"][3:], 0.25, rtol=1e-6)
+        assert sim["original"]["rel_error_at_sample"].max() < 1e-6
+        assert sim["latent"]["rel_error_at_sample"].max() < 1e-6
+        if j == 1:
+            assert np.all(sim["latent"]["learned"][2:] == 0.0)
