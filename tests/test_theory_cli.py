@@ -3,7 +3,6 @@ line with exit 2 on bad input, the numbers agreeing with independent computation
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from typer.testing import CliRunner
 from manifoldadv import theory as T
 from manifoldadv import theory_check as C
 from manifoldadv.cli import app
-from manifoldadv.cli import theory as cli_theory
 
 runner = CliRunner()
 

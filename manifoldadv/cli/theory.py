@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
+from rich.markup import escape as _esc
 from rich.table import Table
 
 from .. import console
@@ -267,7 +268,7 @@ def strategies(
         console.emit_json(out)
         return
     sigma2 = out["spectrum"]["sigma2"]
-    table = Table(title=f"Lemma 1: x' ~ N(mu*, U diag(Lambda^(j)) U^T)  ({source}, q={q}, sigma2={_f(sigma2)})")
+    table = Table(title=f"Lemma 1: x' ~ N(mu*, U diag(Lambda^(j)) U^T)  ({_esc(source)}, q={q}, sigma2={_f(sigma2)})")
     for col in ("i", "lambda_i", "Lambda(1)", "Lambda(2)", "Lambda(3)"):
         table.add_column(col, justify="right")
     if mc:
@@ -365,7 +366,7 @@ def excess_risk(
         console.emit_json(out)
         return
     lat, org = rep["latent"], rep["original"]
-    table = Table(title=f"excess risk at Theta*  ({source}, q={q}, L={L:g}, L'={L_orig:g}, strategy {strategy})")
+    table = Table(title=f"excess risk at Theta*  ({_esc(source)}, q={q}, L={L:g}, L'={L_orig:g}, strategy {strategy})")
     for col in ("quantity", "closed form", "Monte Carlo", "|z|"):
         table.add_column(col, justify="right" if col != "quantity" else "left")
 
@@ -446,7 +447,7 @@ def saddle_point(
     if json_out:
         console.emit_json(out)
         return
-    table = Table(title=f"saddle points  ({source}, q={q}, L={L:g}, L'={L_orig:g}, strategy {strategy})")
+    table = Table(title=f"saddle points  ({_esc(source)}, q={q}, L={L:g}, L'={L_orig:g}, strategy {strategy})")
     for col in ("i", "lambda_i", "Lambda(j)_i", "lambda^ls (Thm 5)", "ls / lambda", "lambda^r (Thm 6)", "r / lambda"):
         table.add_column(col, justify="right")
     Lam = T.strategy_spectrum(lam, q, strategy)
@@ -558,7 +559,7 @@ def rates(
         console.emit_json(out)
         return
     c3, th4 = rep["corollary3"], rep["theorem4"]
-    table = Table(title=f"excess risk against L  ({source}, q={q}, strategy {strategy})")
+    table = Table(title=f"excess risk against L  ({_esc(source)}, q={q}, strategy {strategy})")
     cols = ["L", "Cor 3 exact", "Cor 3 MC", "Thm 2 pert. part", "Thm 4 exact (L'=L)", "Thm 4 MC"]
     for col in cols:
         table.add_column(col, justify="right")
@@ -634,7 +635,7 @@ def augmentation(
     if json_out:
         console.emit_json(out)
         return
-    table = Table(title=f"Theorem 8: augmentation with a generator  ({source}, q={q}, n={n}, m={m})")
+    table = Table(title=f"Theorem 8: augmentation with a generator  ({_esc(source)}, q={q}, n={n}, m={m})")
     for col in ("i", "lambda (true)", "lambda_hat (n real)", "lambda^da (Thm 8)", "scipy optimum", "pooled m generated"):
         table.add_column(col, justify="right")
     for i in range(lam.size):
@@ -698,7 +699,7 @@ def simulate(
     if json_out:
         console.emit_json(res)
         return
-    table = Table(title=f"learned eigenvalues  ({source}, q={q}, L={L:g}, L'={L_orig:g}, strategy {strategy}, "
+    table = Table(title=f"learned eigenvalues  ({_esc(source)}, q={q}, L={L:g}, L'={L_orig:g}, strategy {strategy}, "
                         f"{samples} samples)")
     cols = ["i", "lambda", "original: learned", "Thm 6", "rel err", "latent: learned", "Thm 5", "rel err"]
     if n_fit is not None:
@@ -780,7 +781,7 @@ def verify(
             err = "-" if kind == "bool" else (f"|z| {_f(r['error'], 3)}" if kind.startswith("z") else f"{r['error']:.2e}")
             tol = "-" if kind == "bool" else (f"{'>' if kind == 'z>' else '<='} {_f(r['tolerance'], 3)}")
             status = "[green]pass[/green]" if r["passed"] else "[bold red]FAIL[/bold red]"
-            table.add_row(r["check"], r["case"], err, tol, status, r["note"])
+            table.add_row(_esc(r["check"]), _esc(r["case"]), err, tol, status, _esc(r["note"]))
         console.out.print(table)
         console.out.print(f"{len(rows) - len(failed)}/{len(rows)} checks passed in {wall:.1f} s")
     if failed:
