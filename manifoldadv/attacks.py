@@ -166,14 +166,20 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
         stack.enter_context(frozen(model, cvae))
         if spec.space == "input":
             return maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator)
-        if cvae is None:
-            raise UsageError(f"attack {spec.name} needs a CVAE (--cvae CVAE.safetensors)")
+        _, z = latent_search(model, cvae, x, y, spec, generator=generator)
+        with torch.no_grad():
+            return cvae.decode_mean(z, y)
+
+
+def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None):
+    """(z0, z'): the encoding I_y(x) and the latent point the attack moves it to (no box)."""
+    if cvae is None:
+        raise UsageError(f"attack {spec.name} needs a CVAE (--cvae CVAE.safetensors)")
+    with frozen(model, cvae):
         with torch.no_grad():
             z0 = cvae.encode_mean(x, y)
         loss = lambda z: F.cross_entropy(model(cvae.decode_mean(z, y)), y, reduction="none")  # noqa: E731
-        z = maximize(loss, z0, spec, lo=-math.inf, hi=math.inf, generator=generator)
-        with torch.no_grad():
-            return cvae.decode_mean(z, y)
+        return z0, maximize(loss, z0, spec, lo=-math.inf, hi=math.inf, generator=generator)
 
 
 def reconstruct(cvae, x, y) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app
-from . import attack, info, placeholders, theory, train  # noqa: F401  (importing registers the commands)
+from . import attack, info, placeholders, spectrum, theory, train  # noqa: F401  (importing registers the commands)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ def _placeholder(name: str, summary: str):
 
 
 for _name, _summary in [
-    ("spectrum", "Per-class covariance eigen-spectra of clean and robust test sets"),
     ("tradeoff", "Robustness trade-off tables (the paper's Table 2)"),
     ("reproduce", "Run the paper's whole study and write a report"),
 ]:

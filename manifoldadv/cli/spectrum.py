@@ -1,0 +1,168 @@
+"""`manifoldadv spectrum`: per-class covariance eigen-spectra of the clean test set and of the
+robust test sets built by attacking each checkpoint (the paper's Figure 2), with summary ratios."""
+
+from __future__ import annotations
+
+import io
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import checkpoint, console
+from ..attacks import make_spec
+from ..checkpoint import atomic_write_text
+from ..errors import UsageError
+from ..spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, accumulate, class_spectra, plot, summarize
+from ._app import app
+from ._options import DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from .common import dataset as load_data, load_cvae, start
+
+
+class SpectrumAttack(str, Enum):
+    auto = "auto"
+    pgd = "pgd"
+    l1 = "l1"
+    l2 = "l2"
+    fgsm = "fgsm"
+    vae = "vae"
+    none = "none"
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    if text is None:
+        return list(range(num_classes))
+    try:
+        out = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise UsageError(f"--classes takes comma-separated class indices, got {text!r}") from None
+    if not out or out[0] < 0 or out[-1] >= num_classes:
+        raise UsageError(f"--classes must be in 0..{num_classes - 1}, got {text!r}")
+    return out
+
+
+def auto_attack(meta: dict) -> str:
+    """The paper's choice: the latent attack against latent-trained models, PGD otherwise."""
+    return "vae" if meta.get("mode") == "vae" else "pgd"
+
+
+def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_size=500, seed=0):
+    """The clean set and one robust set per checkpoint: (sets, summary rows)."""
+    sets = []
+    with console.progress() as bar:
+        n = int(sum(int((ds.test.y == c).sum()) for c in classes))
+        task = bar.add_task("clean", total=n, status="")
+        counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, progress=bar, task=task)
+        clean = SetSpectrum("clean", None, "none", counts.cpu().numpy(), class_spectra(counts, covs, classes))
+        sets.append(clean)
+        for path in checkpoints:
+            model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
+            name = attack if attack != "auto" else auto_attack(meta)
+            if name == "none":
+                continue
+            cvae_model = None
+            if name == "vae":
+                cvae_path = cvae or (meta.get("hparams") or {}).get("cvae")
+                if not cvae_path:
+                    raise UsageError(f"the vae attack on {path} needs --cvae (the checkpoint names no CVAE)")
+                cvae_model, _ = load_cvae(Path(cvae_path), dev, ds.name)
+            spec = make_spec(name, ds.name)
+            label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
+            task = bar.add_task(label, total=n, status="")
+            counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, model=model, spec=spec,
+                                         cvae=cvae_model, seed=seed, progress=bar, task=task)
+            sets.append(SetSpectrum(label, str(path), name, counts.cpu().numpy(), class_spectra(counts, covs, classes)))
+    return sets
+
+
+def to_json(sets, summary, classes, floor_rel, top):
+    return {
+        "classes": classes,
+        "top": top,
+        "floor_rel": floor_rel,
+        "ratio": "geometric mean of max(robust, floor)/max(clean, floor) over eigenvalue indices",
+        "sets": [
+            {"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack, "class": c, "n": int(s.counts[c]),
+             "eigenvalues": ev.tolist()}
+            for s in sets for c, ev in s.eigenvalues.items()
+        ],
+        "summary": summary,
+    }
+
+
+def render(sets, summary, top: int = TOP) -> Table:
+    t = Table(title=f"robust/clean eigenvalue ratios (top {top} and tail; geometric means, floored)")
+    for col in ("set", "class", "n", "λ1 clean", "λ1 set", "top ratio", "tail ratio"):
+        t.add_column(col, justify="left" if col == "set" else "right")
+    clean = sets[0]
+    by_name = {s.name: s for s in sets}
+    for r in summary:
+        s = by_name[r["set"]]
+        c = r["class"]
+        t.add_row(r["set"], str(c), str(int(s.counts[c])), f"{clean.eigenvalues[c][0]:.3g}",
+                  f"{s.eigenvalues[c][0]:.3g}", f"{r['top_ratio']:.3g}", f"{r['tail_ratio']:.3g}")
+    return t
+
+
+def write_csv(path: Path, sets) -> None:
+    buf = io.StringIO()
+    buf.write("set,checkpoint,attack,class,index,eigenvalue\n")
+    for s in sets:
+        for c, ev in s.eigenvalues.items():
+            for i, v in enumerate(ev):
+                buf.write(f"{s.name},{s.checkpoint or ''},{s.attack},{c},{i},{v:.17g}\n")
+    atomic_write_text(path, buf.getvalue())
+
+
+@app.command()
+def spectrum(
+    checkpoints: Annotated[Optional[list[Path]], typer.Argument(help="Classifier checkpoints; each adds a robust test set.", dir_okay=False)] = None,
+    data: Annotated[Optional[DataName], typer.Option("--data", help="Data set (default: the checkpoints', else synthetic).", case_sensitive=False)] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated classes (default: all).")] = None,
+    attack: Annotated[SpectrumAttack, typer.Option("--attack", help="auto: the latent attack for vae-trained models, PGD otherwise.")] = SpectrumAttack.auto,
+    cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE for the vae attack (default: the one the checkpoint was trained with).")] = None,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", dir_okay=False, help="Write the Figure-2 style plot (PNG).")] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every eigenvalue as CSV.")] = None,
+    floor: Annotated[float, typer.Option("--floor", min=0.0, help="Eigenvalue floor, relative to the clean class's largest.")] = DEFAULT_FLOOR_REL,
+    top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many leading eigenvalues form the 'top' (default 30; synthetic: its manifold rank).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
+    data_root: DataRoot = None,
+    limit: Limit = None,
+    download: Download = False,
+    json_out: Json = False,
+    seed: Seed = 0,
+    device: DeviceOpt = Device.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Eigenvalues of each class's covariance: clean test set and robust test sets."""
+    dev = start(seed=seed, device=device, quiet=quiet)
+    checkpoints = checkpoints or []
+    metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
+    names = {m["dataset"] for m in metas}
+    if len(names) > 1:
+        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(names))}")
+    data_name = names.pop() if names else (data.value if data else "synthetic")
+    if data is not None and data.value != data_name:
+        raise UsageError(f"--data {data.value} does not match the checkpoints' data set {data_name}")
+    ds = load_data(data_name, data_root, limit, download)
+    cls = parse_classes(classes, ds.num_classes)
+    sets = compute(checkpoints, ds, cls, dev, attack=attack.value, cvae=cvae, batch_size=batch_size, seed=seed)
+    top = top or ds.info.get("manifold_rank", TOP)
+    summary = [row for s in sets[1:] for row in summarize(sets[0], s, floor_rel=floor, top=top)]
+    if plot_path is not None:
+        plot(plot_path, sets, cls, top=top, title=f"{data_name}: per-class covariance eigenvalues")
+        console.log(f"wrote {plot_path}")
+    if csv is not None:
+        write_csv(csv, sets)
+        console.log(f"wrote {csv}")
+    if json_out:
+        console.emit_json({"dataset": data_name, **to_json(sets, summary, cls, floor, top)})
+        return
+    if summary:
+        console.out.print(render(sets, summary, top))
+    else:
+        for c, ev in sets[0].eigenvalues.items():
+            console.out.print(f"class {c}: n={int(sets[0].counts[c])}  top eigenvalues "
+                              + ", ".join(f"{v:.3g}" for v in ev[:5]) + f"  ...  smallest {ev[-1]:.3g}")
