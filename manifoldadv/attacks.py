@@ -107,7 +107,7 @@ def frozen(*modules):
 
 
 def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generator | None):
-    shape, n = x0.shape, x0[0].numel()
+    shape = x0.shape
     if spec.norm == "linf":
         noise = torch.rand(shape, generator=gen, device=x0.device, dtype=x0.dtype) * 2 - 1
         return (x0 + spec.eps * noise).clamp(lo, hi)

@@ -12,7 +12,6 @@ import typer
 from rich.table import Table
 
 from .. import checkpoint, console
-from ..attacks import make_spec
 from ..checkpoint import atomic_write_text
 from ..errors import UsageError
 from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, plot, summarize, to_json
