@@ -32,8 +32,10 @@ def trained_pair(small, tmp_path_factory):
     return clf, cvae
 
 
-def test_cvae_loss_decreases_on_synthetic(small, tmp_path):
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_cvae_loss_decreases_on_synthetic(small, tmp_path, likelihood):
     cfg = training.resolve_config("synthetic", "cvae", epochs=4, seed=0)
+    cfg.model_kwargs = {**cfg.model_kwargs, "likelihood": likelihood, "sigma": 0.1}
     torch.manual_seed(0)
     fresh = models.create(cfg.model, in_shape=small.shape, num_classes=10, **cfg.model_kwargs)
     before = training.cvae_test_metrics(fresh, small, "cpu")
