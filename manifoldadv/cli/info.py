@@ -8,7 +8,8 @@ from rich.table import Table
 from .. import console, ops
 from ..runtime import versions
 from ._app import app
-from ._options import Json
+from ._options import Device, DeviceOpt, Json, Seed
+from .common import start
 
 
 def collect() -> dict:
@@ -33,9 +34,11 @@ def collect() -> dict:
 
 
 @app.command()
-def info(json_out: Json = False) -> None:
+def info(json_out: Json = False, seed: Seed = 0, device: DeviceOpt = Device.auto) -> None:
     """Versions, the compiled extension, each op's backend per device, and the devices."""
+    dev = start(seed=seed, device=device)
     data = collect()
+    data["selected_device"] = str(dev)
     if json_out:
         console.emit_json(data)
         return
