@@ -78,6 +78,8 @@ class Study:
             q = QUICK[self.data]
             kw = ({"epochs": q["cvae_epochs"]} if mode == "cvae" else
                   {"epochs": q["epochs"], "adv_start": q["adv_start"], "steps": q["steps"]})
+            if mode != "cvae" and any(a in ("fgsm", "pgd", "l1", "l2") for a in training.MODES[mode]):
+                kw["eps_warmup"] = 1  # of the quick runs' two adversarial epochs
         limit = len(ds.train) if self.quick else None
         strategy = self.strategy if mode in ("joint", "joint-lp") else "avg"
         cfg = training.resolve_config(self.data, mode, seed=self.seed, limit=limit, strategy=strategy, **kw)

@@ -100,3 +100,18 @@ def test_make_spec_defaults_follow_the_paper():
     assert make_spec("vae", "mnist").eps == 1.0 and make_spec("vae", "cifar10").eps == 0.1
     assert make_spec("pgd", "cifar10").eps == pytest.approx(4 / 255) and make_spec("pgd", "cifar10").steps == 10
     assert make_spec("l1", "mnist").eps == 10 and make_spec("l2", "cifar10").eps == 0.5
+
+
+def test_eps_warmup_ramps_regular_attacks_only():
+    cfg = training.resolve_config("mnist", "joint", adv_start=10, eps_warmup=2, cvae="c.safetensors")
+    obj = training.ClassifierObjective(cfg)
+    pgd, vae = cfg.specs()
+    assert pgd.name == "pgd" and vae.name == "vae"
+    for epoch, scale in [(10.0, 0.0), (10.5, 0.25), (11.0, 0.5), (12.0, 1.0), (25.0, 1.0)]:
+        w = obj.warm(pgd, epoch)
+        assert w.eps == pytest.approx(0.25 * scale) and w.step_size == pytest.approx(pgd.step_size * scale)
+        assert obj.warm(vae, epoch) == vae  # the latent attack is never ramped
+    assert training.resolve_config("mnist", "std").eps_warmup == 0
+    assert training.resolve_config("mnist", "vae").eps_warmup == 0
+    assert training.resolve_config("cifar10", "pgd").eps_warmup == 0
+    assert training.resolve_config("mnist", "pgd").eps_warmup == 2

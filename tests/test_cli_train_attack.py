@@ -29,6 +29,8 @@ def test_train_each_regular_mode_end_to_end(tmp_path, mode):
     assert ck.meta["hparams"]["attacks"] == meta["hparams"]["attacks"]
     names = [a["name"] for a in meta["hparams"]["attacks"]]
     assert names == list(training.MODES[mode])
+    assert meta["hparams"]["eps_warmup"] == (0 if mode == "std" else 2)
+    assert meta["hparams"]["clean_weight"] == (0.5 if mode == "fgsm" else 0.0)
 
 
 @pytest.mark.parametrize("mode,strategy", [("vae", "avg"), ("joint", "avg"), ("joint", "max")])

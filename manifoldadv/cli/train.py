@@ -53,6 +53,7 @@ def train(
     step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0, help="PGD step (default 2.5*eps/steps).")] = None,
     strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint modes: average the losses or take the per-example max.")] = Strategy.avg,
     clean_weight: Annotated[Optional[float], typer.Option("--clean-weight", min=0.0, max=0.999, help="Weight of the clean loss in adversarial epochs (default 0.5 for fgsm, else 0).")] = None,
+    eps_warmup: Annotated[Optional[int], typer.Option("--eps-warmup", min=0, help="Adversarial epochs over which regular attacks' eps ramps up from 0 (default 2 on MNIST).")] = None,
     latent: Annotated[Optional[int], typer.Option("--latent", min=1, help="Latent size (mode cvae).")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crop + flip (default: on for cifar10).")] = None,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for vae/joint modes.")] = None,
@@ -74,7 +75,8 @@ def train(
     cfg = training.resolve_config(
         data_name, mode_name, model=model, epochs=epochs, adv_start=adv_start, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, eps=eps, l1_eps=l1_eps, l2_eps=l2_eps, latent_eps=latent_eps, steps=steps,
-        step_size=step_size, strategy=strategy.value, clean_weight=clean_weight, augment=augment, latent=latent,
+        step_size=step_size, strategy=strategy.value, clean_weight=clean_weight, eps_warmup=eps_warmup,
+        augment=augment, latent=latent,
         seed=seed, limit=limit,
         cvae=str(cvae) if cvae else None,
     )
