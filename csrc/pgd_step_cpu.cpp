@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "op_common.h"
 
 namespace manifoldadv::cpu {
 namespace {
@@ -36,20 +37,6 @@ const Kernels& active_kernels() {
   return k;
 }
 
-Norm parse_norm(c10::string_view norm) {
-  if (norm == "linf") return Norm::Linf;
-  if (norm == "l2") return Norm::L2;
-  if (norm == "l1") return Norm::L1;
-  TORCH_CHECK(false, "manifoldadv::pgd_step: norm must be one of linf, l2, l1, got '",
-              std::string(norm), "'");
-}
-
-// Same rule as manifoldadv.ops.l1_topk.
-int64_t l1_topk(int64_t n, double q) {
-  const auto drop = static_cast<int64_t>(std::floor(q * static_cast<double>(n) + 1e-6));
-  return std::max<int64_t>(1, std::min<int64_t>(n, n - drop));
-}
-
 void check_step_args(const char* op, const at::Tensor& x, const at::Tensor& x0,
                      const at::Tensor& grad, double step, double eps, double lo, double hi,
                      double q) {
@@ -61,15 +48,7 @@ void check_step_args(const char* op, const at::Tensor& x, const at::Tensor& x0,
               op, ": the CPU kernel takes float32 x, x0 and grad, got ", x.scalar_type(), ", ",
               x0.scalar_type(), ", ", grad.scalar_type(),
               " (manifoldadv.ops.pgd_step upcasts other dtypes to float32)");
-  TORCH_CHECK(x.sizes() == x0.sizes() && x.sizes() == grad.sizes(), op,
-              ": x, x0 and grad must have one shape, got ", x.sizes(), ", ", x0.sizes(), ", ",
-              grad.sizes());
-  TORCH_CHECK(x.dim() >= 1, op, ": tensors need a batch dimension (dim 0)");
-  TORCH_CHECK(std::isfinite(step) && step >= 0.0, op, ": step must be finite and >= 0, got ",
-              step);
-  TORCH_CHECK(eps >= 0.0, op, ": eps must be >= 0 (inf = no ball), got ", eps);
-  TORCH_CHECK(lo <= hi, op, ": need lo <= hi (+-inf = no box), got lo=", lo, ", hi=", hi);
-  TORCH_CHECK(q >= 0.0 && q < 1.0, op, ": l1_quantile must be in [0, 1), got ", q);
+  check_step_common(op, x, x0, grad, step, eps, lo, hi, q);
 }
 
 // Work below this many coordinates stays on one thread.
@@ -175,7 +154,7 @@ at::Tensor pgd_step_cpu(const at::Tensor& x, const at::Tensor& x0, const at::Ten
                         double step, double eps, c10::string_view norm, double lo, double hi,
                         double l1_quantile) {
   check_step_args("manifoldadv::pgd_step", x, x0, grad, step, eps, lo, hi, l1_quantile);
-  const Norm nm = parse_norm(norm);
+  const Norm nm = static_cast<Norm>(parse_norm(norm));
   const at::Tensor xc = x.contiguous(), x0c = x0.contiguous(), gc = grad.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   run_step(make_args(xc, x0c, gc, out, step, eps, lo, hi, l1_quantile), nm);
@@ -185,7 +164,7 @@ at::Tensor pgd_step_cpu(const at::Tensor& x, const at::Tensor& x0, const at::Ten
 void pgd_step__cpu(at::Tensor& x, const at::Tensor& x0, const at::Tensor& grad, double step,
                    double eps, c10::string_view norm, double lo, double hi, double l1_quantile) {
   check_step_args("manifoldadv::pgd_step_", x, x0, grad, step, eps, lo, hi, l1_quantile);
-  const Norm nm = parse_norm(norm);
+  const Norm nm = static_cast<Norm>(parse_norm(norm));
   // x0 or grad may be x itself, but not a different view into x's memory.
   at::assert_no_partial_overlap(x, x0);
   at::assert_no_partial_overlap(x, grad);
