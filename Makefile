@@ -8,6 +8,7 @@ CSRC   := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cud
 NVCC   ?= $(shell command -v nvcc 2>/dev/null)
 CUDA_ARCHS ?= 80 90
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup demo test bench cuda-check clean distclean
 
@@ -67,7 +68,7 @@ endif
 endif
 
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build manifoldadv/*.so .pytest_cache

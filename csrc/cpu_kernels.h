@@ -27,6 +27,9 @@ struct StepArgs {
   int64_t n;
   double step, eps, lo, hi;
   int64_t k;  // l1: SLIDE moves the k largest |g| (ties at the threshold included)
+  // linf / l2: write out with non-temporal stores (a fresh output larger than the caches:
+  // skips reading every output line before overwriting it). Never set when out aliases x.
+  bool stream_out = false;
 };
 
 // Per-sample sums of the l2 read pass, accumulated in float64.

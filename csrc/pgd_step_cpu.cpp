@@ -51,6 +51,9 @@ void check_step_args(const char* op, const at::Tensor& x, const at::Tensor& x0,
   check_step_common(op, x, x0, grad, step, eps, lo, hi, q);
 }
 
+// A fresh output at least this large is written with non-temporal stores (linf, l2).
+constexpr int64_t kStreamBytes = int64_t{4} << 20;
+
 // Work below this many coordinates stays on one thread.
 constexpr int64_t kGrainElems = 32768;
 
@@ -157,7 +160,9 @@ at::Tensor pgd_step_cpu(const at::Tensor& x, const at::Tensor& x0, const at::Ten
   const Norm nm = static_cast<Norm>(parse_norm(norm));
   const at::Tensor xc = x.contiguous(), x0c = x0.contiguous(), gc = grad.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  run_step(make_args(xc, x0c, gc, out, step, eps, lo, hi, l1_quantile), nm);
+  StepArgs a = make_args(xc, x0c, gc, out, step, eps, lo, hi, l1_quantile);
+  a.stream_out = out.numel() * 4 >= kStreamBytes;
+  run_step(a, nm);
   return out;
 }
 

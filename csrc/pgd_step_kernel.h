@@ -58,6 +58,53 @@ inline double hsum(const dVec& v) {
   return s;
 }
 
+// Elements to process one by one before out + i is aligned for a (streaming) vector store.
+inline int64_t head_to_align(const float* out, int64_t i, int64_t end, bool stream) {
+  if (!stream) return i;
+  const auto addr = reinterpret_cast<uintptr_t>(out + i);
+  const int64_t skip = static_cast<int64_t>(((kF * 4) - addr % (kF * 4)) % (kF * 4)) / 4;
+  return std::min(end, i + skip);
+}
+
+inline void store_out(float* p, const fVec& v, bool stream) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if (stream) {  // p is aligned (head_to_align)
+    _mm256_stream_ps(p, v);
+    return;
+  }
+#endif
+  v.store(p);
+}
+
+inline void stream_fence(bool stream) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if (stream) _mm_sfence();  // order the non-temporal stores before the caller's next access
+#endif
+  (void)stream;
+}
+
+// out[i0, i1) = f(x, x0, g) elementwise; f maps three float vectors to one.
+template <typename F>
+inline void map3(const float* x, const float* x0, const float* g, float* out, int64_t i0,
+                 int64_t i1, bool stream, const F& f) {
+  int64_t i = i0;
+  const int64_t aligned = head_to_align(out, i0, i1, stream);
+  if (aligned > i) {
+    const int64_t r = aligned - i;
+    f(fVec::loadu(x + i, r), fVec::loadu(x0 + i, r), fVec::loadu(g + i, r))
+        .store(out + i, static_cast<int>(r));
+    i = aligned;
+  }
+  for (; i + kF <= i1; i += kF) {
+    store_out(out + i, f(fVec::loadu(x + i), fVec::loadu(x0 + i), fVec::loadu(g + i)), stream);
+  }
+  if (i < i1) {
+    const int64_t r = i1 - i;
+    f(fVec::loadu(x + i, r), fVec::loadu(x0 + i, r), fVec::loadu(g + i, r))
+        .store(out + i, static_cast<int>(r));
+  }
+}
+
 // ------------------------------------------------------------------------------------- linf
 
 void linf_range(const StepArgs& a, int64_t begin, int64_t end) {
@@ -71,15 +118,8 @@ void linf_range(const StepArgs& a, int64_t begin, int64_t end) {
     // (x - x) + (x0 - x0) is 0, or NaN where x or x0 is not finite.
     return y + ((x - x) + (x0 - x0));
   };
-  int64_t i = begin;
-  for (; i + kF <= end; i += kF) {
-    body(fVec::loadu(a.x + i), fVec::loadu(a.x0 + i), fVec::loadu(a.g + i)).store(a.out + i);
-  }
-  if (i < end) {
-    const int64_t r = end - i;
-    body(fVec::loadu(a.x + i, r), fVec::loadu(a.x0 + i, r), fVec::loadu(a.g + i, r))
-        .store(a.out + i, static_cast<int>(r));
-  }
+  map3(a.x, a.x0, a.g, a.out, begin, end, a.stream_out, body);
+  stream_fence(a.stream_out);
 }
 
 // --------------------------------------------------------------------------------------- l2
@@ -131,15 +171,8 @@ void l2_write(const StepArgs& a, int64_t b, int64_t c0, int64_t c1, float inv_gn
     const fVec y = x0v + (t - x0v) * sc;
     return at::vec::clamp_max(at::vec::clamp_min(y, lo), hi);
   };
-  int64_t i = c0;
-  for (; i + kF <= c1; i += kF) {
-    body(fVec::loadu(x + i), fVec::loadu(x0 + i), fVec::loadu(g + i)).store(out + i);
-  }
-  if (i < c1) {
-    const int64_t r = c1 - i;
-    body(fVec::loadu(x + i, r), fVec::loadu(x0 + i, r), fVec::loadu(g + i, r))
-        .store(out + i, static_cast<int>(r));
-  }
+  map3(x, x0, g, out, c0, c1, a.stream_out, body);
+  stream_fence(a.stream_out);
 }
 
 // --------------------------------------------------------------------------------------- l1

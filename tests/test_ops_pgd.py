@@ -258,12 +258,19 @@ def test_noncontiguous_and_aliased_inputs(norm):
 @needs_ext
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_long_samples_and_threads(norm):
-    """Few long samples take the chunked l2 path; results do not depend on the thread count."""
-    x, x0, g = make_case(11, (2, 300_001), (0.0, 1.0), delta_scale=0.01, degenerate=set())
+    """Few long samples take the chunked l2 path, and an output this large (> 4 MiB) is written
+    with streaming stores; results do not depend on either, nor on the thread count."""
+    x, x0, g = make_case(11, (2, 600_001), (0.0, 1.0), delta_scale=0.01, degenerate=set())
     kw = dict(step=0.5, eps=20.0 if norm != "linf" else 0.03, norm=norm)
     ref = ops.pgd_step_reference(x, x0, g, **kw)
     out = ops.pgd_step(x, x0, g, **kw)
     torch.testing.assert_close(out, ref, atol=_tol(norm, x), rtol=0)
+    xi = x.clone()
+    ops.pgd_step_(xi, x0, g, **kw)
+    torch.testing.assert_close(xi, out, atol=0, rtol=0)
+    # unaligned start: a view one element into its storage
+    xs, x0s, gs = (torch.cat([t.new_zeros(1), t.flatten()])[1:].view(t.shape) for t in (x, x0, g))
+    torch.testing.assert_close(ops.pgd_step(xs, x0s, gs, **kw), out, atol=0, rtol=0)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
