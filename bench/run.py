@@ -349,7 +349,7 @@ def print_tables(res):
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 150)
     m = res["machine"]
     con.print(f"[bold]manifoldadv kernels[/] on {m['cpu_model']} ({m['logical_cpus']} CPUs, "
               f"{m['torch_threads']} torch threads, kernels: {m['kernel_isa']}), torch {m['torch']}, "
@@ -399,6 +399,44 @@ def print_tables(res):
               f"total {res['seconds']:.0f} s")
 
 
+def markdown(res):
+    """The results as Markdown tables (for bench/RESULTS.md)."""
+    m = res["machine"]
+    out = [f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
+           f"kernel table `{m['kernel_isa']}` (torch capability {m['torch_cpu_capability']}); torch {m['torch']}, "
+           f"numpy {m['numpy']}, scipy {m['scipy']}, Python {m['python']}. Clock: {res['clock']}. "
+           f"Load average {tuple(round(v, 2) for v in m['loadavg_start'])} at start, "
+           f"{tuple(round(v, 2) for v in res['loadavg_end'])} at end. Command: `{res['command']}` ({res['date']}).", ""]
+    if res["pgd_step"]:
+        out += ["| norm | shape | fused ms | in-place ms | eager ms | compiled ms | limit ms | x eager | x compiled "
+                "| fused/limit | in-place/limit |", "|" + "---|" * 11]
+        for r in res["pgd_step"]:
+            ms = r["ms"]
+            comp = f"{ms['compiled']:.3f}" if "compiled" in ms else "n/a"
+            xc = f"{r['speedup_compiled']:.1f}" if r["speedup_compiled"] else "n/a"
+            out.append(f"| {r['norm']} | {'x'.join(map(str, r['shape']))} | {ms['fused']:.3f} | {ms['inplace']:.3f} "
+                       f"| {ms['eager']:.3f} | {comp} | {ms['limit']:.3f} | {r['speedup_eager']:.1f} | {xc} "
+                       f"| {r['fused_over_limit']:.2f} | {r['inplace_over_limit']:.2f} |")
+        out.append("")
+    if res["threads"]:
+        out += ["| norm | threads | CPU s of the busiest threads | wall s | x vs 1 thread |", "|---|---|---|---|---|"]
+        for r in res["threads"]:
+            out.append(f"| {r['norm']} | {r['threads']} | {', '.join(f'{b:.3f}' for b in r['busiest_thread_cpu_s'])} "
+                       f"| {r['wall_s']:.3f} | {r['speedup_vs_1_thread']:.2f} |")
+        out.append("")
+    if res["covariance"]:
+        out += ["| d | rows | fused s | np.cov loop s | X.T@X s | np.cov/fused | fused/limit | max rel err |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in res["covariance"]:
+            s_ = r["s"]
+            out.append(f"| {r['d']} | {r['rows']} | {s_['fused']:.3f} | {s_['np_cov_loop']:.3f} | {s_['XtX']:.3f} "
+                       f"| {r['np_cov_over_fused']:.2f} | {r['fused_over_limit']:.2f} | {r['max_rel_err_vs_np_cov']:.1e} |")
+        out.append("")
+    out += ["| target | worst | met |", "|---|---|---|"]
+    out += [f"| {t['target']} | {t['worst']:.3g} | {'yes' if t['met'] else '**no**'} |" for t in res["targets"]]
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print JSON (no table)")
@@ -409,7 +447,15 @@ def main(argv=None):
     p.add_argument("--threads", type=int, help="torch / BLAS threads (default: torch's default)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time (default) or process CPU time (only meaningful with --threads 1)")
+    p.add_argument("--load", help="render a saved JSON result instead of running")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     a = p.parse_args(argv)
+    if a.load:
+        res = json.loads(Path(a.load).read_text())
+        print(markdown(res) if a.markdown else "", end="\n" if a.markdown else "")
+        if not a.markdown:
+            print_tables(res)
+        return
     global CLOCK
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -439,6 +485,8 @@ def main(argv=None):
         Path(a.out).write_text(text + "\n")
     if a.json:
         print(text)
+    elif a.markdown:
+        print(markdown(res))
     else:
         print_tables(res)
 

@@ -50,11 +50,13 @@ void check_state(const char* op, const at::Tensor& counts, const at::Tensor& m2,
   }
 }
 
-// Rows [row0, row0 + nb) of `order` (one class): mean, then Yt[j, r] = x[order[r], j] - mean[j].
+// Rows rows[0..nb) of X (one class): mean, then Yt[j, r] = X[rows[r], j] - mean[j].
+// One parallel region: each thread owns a range of columns j, sums them over the rows and then
+// writes their centred, transposed copy, so no thread waits for another in between.
 template <typename scalar_t>
 void centred_transpose(const scalar_t* X, int64_t d, const int64_t* rows, int64_t nb,
                        double* mean, double* Yt, int64_t ld) {
-  // Column sums, each thread owning a range of columns (no reduction needed).
+  constexpr int64_t kTile = 32;  // rows per tile: their source lines stay in L1
   at::parallel_for(0, d, 64, [&](int64_t j0, int64_t j1) {
     std::vector<double> acc(static_cast<size_t>(j1 - j0), 0.0);
     for (int64_t r = 0; r < nb; ++r) {
@@ -62,11 +64,6 @@ void centred_transpose(const scalar_t* X, int64_t d, const int64_t* rows, int64_
       for (int64_t j = j0; j < j1; ++j) acc[j - j0] += static_cast<double>(xr[j]);
     }
     for (int64_t j = j0; j < j1; ++j) mean[j] = acc[j - j0] / static_cast<double>(nb);
-  });
-  // Tiled transpose: 32 rows at a time, so the 32 source rows stay in L1 while every column
-  // of the tile is written as one contiguous run of Yt.
-  constexpr int64_t kTile = 32;
-  at::parallel_for(0, d, 64, [&](int64_t j0, int64_t j1) {
     for (int64_t r0 = 0; r0 < nb; r0 += kTile) {
       const int64_t r1 = std::min(nb, r0 + kTile);
       const scalar_t* src[kTile];
