@@ -88,6 +88,27 @@ void upper_gram_(at::Tensor& m2c, const at::Tensor& Yt) {
   }
 }
 
+// The same for products too small to be worth BLAS (d * d * K below ~2M multiply-adds): plain
+// dot products of the contiguous rows of Yt, on the calling thread. MKL would otherwise start
+// its thread team for each tiny GEMM of a stream of small batches, and on a busy machine every
+// such start waits for a descheduled thread.
+void upper_gram_small_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K) {
+  for (int64_t i = 0; i < d; ++i) {
+    const double* yi = yt + i * ld;
+    for (int64_t j = i; j < d; ++j) {
+      const double* yj = yt + j * ld;
+      double s0 = 0.0, s1 = 0.0;
+      int64_t r = 0;
+      for (; r + 2 <= K; r += 2) {
+        s0 += yi[r] * yj[r];
+        s1 += yi[r + 1] * yj[r + 1];
+      }
+      if (r < K) s0 += yi[r] * yj[r];
+      m2c[i * d + j] += s0 + s1;
+    }
+  }
+}
+
 template <typename scalar_t>
 void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at::Tensor& X,
                  const at::Tensor& labels) {
@@ -141,7 +162,11 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
                                    static_cast<double>(n));
         for (int64_t j = 0; j < d; ++j) yt[j * ld + nb] = w * (mb[j] - muc[j]);
       }
-      upper_gram_(m2c, Yt);
+      if (d * d * (nb + extra) <= (int64_t{1} << 21)) {
+        upper_gram_small_(m2c.mutable_data_ptr<double>(), d, yt, ld, nb + extra);
+      } else {
+        upper_gram_(m2c, Yt);
+      }
       const double f = static_cast<double>(nb) / static_cast<double>(n);
       for (int64_t j = 0; j < d; ++j) muc[j] += (mb[j] - muc[j]) * f;
       cnt[c] = n;
@@ -186,7 +211,8 @@ at::Tensor class_cov_finalize_cpu(const at::Tensor& counts, const at::Tensor& m2
   // the columns in bi: disjoint across tasks, together the whole matrix.
   constexpr int64_t T = 64;
   const int64_t nt = (d + T - 1) / T;
-  at::parallel_for(0, C * nt, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / (T * d));  // ~32k values a task
+  at::parallel_for(0, C * nt, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t c = t / nt, bi = t % nt;
       const double* s = src + c * d * d;
