@@ -8,6 +8,7 @@ CSRC   := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cud
 NVCC   ?= $(shell command -v nvcc 2>/dev/null)
 CUDA_ARCHS ?= 80 90
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup demo test bench cuda-check clean distclean
 
@@ -31,7 +32,16 @@ demo: setup
 test: setup cuda-check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Compile every .cu for sm_80 and sm_90 whenever nvcc exists, even without a GPU.
+# Compile every .cu for sm_80 and sm_90 whenever nvcc exists, even without a GPU (with the
+# half/bfloat16 flags torch's CUDAExtension passes). Then, when the venv's torch headers are
+# there, syntax-check the torch glue csrc/cuda/*_cuda.cpp against them and the CUDA runtime
+# headers (a CPU torch lacks one generated CUDA header; a one-line stub stands in for it).
+TORCH_INC = $(wildcard $(VENV)/lib/python3*/site-packages/torch/include)
+CUDA_RT_H = $(firstword $(wildcard $(CUDA_HOME)/include/cuda_runtime.h /usr/local/cuda/include/cuda_runtime.h \
+	$(dir $(realpath $(NVCC)))../include/cuda_runtime.h))
+CUDA_INC  = $(patsubst %/,%,$(dir $(CUDA_RT_H)))
+CUDA_TORCH_FLAGS = -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+	-D__CUDA_NO_HALF2_OPERATORS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
 cuda-check:
 ifeq ($(NVCC),)
 	@echo "cuda-check: nvcc not found, skipped"
@@ -39,13 +49,24 @@ else
 	@mkdir -p build/cuda-check
 	@for f in $(wildcard csrc/cuda/*.cu); do \
 		echo "nvcc -c $$f (sm_$(subst $() ,/sm_,$(CUDA_ARCHS)))"; \
-		$(NVCC) -std=c++17 -O3 -Icsrc/cuda $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+		$(NVCC) -std=c++17 -O3 -Icsrc/cuda $(CUDA_TORCH_FLAGS) $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
 			-c $$f -o build/cuda-check/$$(basename $$f .cu).o || exit 1; \
 	done
+ifneq ($(and $(TORCH_INC),$(CUDA_INC)),)
+	@mkdir -p build/cuda-check/stub/c10/cuda/impl
+	@test -f $(TORCH_INC)/c10/cuda/impl/cuda_cmake_macros.h || \
+		printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/cuda-check/stub/c10/cuda/impl/cuda_cmake_macros.h
+	@for f in $(wildcard csrc/cuda/*_cuda.cpp); do \
+		echo "c++ -fsyntax-only $$f (torch glue)"; \
+		$(CXX) -std=c++20 -fsyntax-only -Wall -Wno-unknown-pragmas -Ibuild/cuda-check/stub -I$(TORCH_INC) \
+			-I$(TORCH_INC)/torch/csrc/api/include -I$(CUDA_INC) -Icsrc -Icsrc/cuda \
+			-DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H -DMANIFOLDADV_WITH_CUDA $$f || exit 1; \
+	done
+endif
 endif
 
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build manifoldadv/*.so .pytest_cache

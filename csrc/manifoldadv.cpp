@@ -3,10 +3,24 @@
 #include <Python.h>
 #include <torch/library.h>
 
+namespace manifoldadv::cpu {
+const char* active_kernel_name();  // pgd_step_cpu.cpp
+}
+
+namespace {
+// _C.cpu_isa() -> "avx2" | "default": the CPU kernel table in use (tests, `info`).
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(manifoldadv::cpu::active_kernel_name());
+}
+PyMethodDef methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS, "CPU kernel table in use: 'avx2' or 'default'."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 extern "C" {
 // `import manifoldadv._C` only has to load this library so the registrations below run.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }
