@@ -123,6 +123,7 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
         "n_test": len(ds.test),
         "n_test_spectra": len(study.spectra_test or ds.test),
         "eval_steps_override": study.eval_steps,
+        "train_steps_override": study.train_steps,
         "versions": versions(),
         "wall_seconds_this_run": round(wall, 1),
         "compute_seconds_recorded": round(compute_seconds + eval_seconds + sum(cached_steps.values()), 1),
@@ -152,6 +153,8 @@ def _hms(seconds: float) -> str:
 def render(r: dict) -> str:
     data = r["data"]
     quick = " (QUICK smoke run: short schedules and subsets, not the paper's settings)" if r["quick"] else ""
+    if r.get("train_steps_override"):
+        quick += f" (adversarial training with {r['train_steps_override']} PGD steps instead of the paper's)"
     lines = [
         f"# manifoldadv reproduction: {data}{quick}",
         "",

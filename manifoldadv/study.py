@@ -48,6 +48,7 @@ class Study:
     quick: bool = False
     strategy: str = "avg"
     eval_steps: int | None = None  # override of the attacks' steps (quick runs)
+    train_steps: int | None = None  # override of the training attacks' PGD steps (CPU budget)
     timings: dict = field(default_factory=dict)
     spectra_test: object = None
 
@@ -80,6 +81,8 @@ class Study:
                   {"epochs": q["epochs"], "adv_start": q["adv_start"], "steps": q["steps"]})
             if mode != "cvae" and any(a in ("fgsm", "pgd", "l1", "l2") for a in training.MODES[mode]):
                 kw["eps_warmup"] = 1  # of the quick runs' two adversarial epochs
+        if self.train_steps is not None and mode != "cvae":
+            kw["steps"] = self.train_steps
         limit = len(ds.train) if self.quick else None
         strategy = self.strategy if mode in ("joint", "joint-lp") else "avg"
         cfg = training.resolve_config(self.data, mode, seed=self.seed, limit=limit, strategy=strategy, **kw)

@@ -13,8 +13,10 @@ TINY = ["--data", "synthetic", "--quick", "--limit", "120", "--no-theory"]
 
 def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     run = tmp_path / "run"
-    doc = cli_json("reproduce", *TINY, "--run-dir", run)
+    doc = cli_json("reproduce", *TINY, "--train-steps", "2", "--run-dir", run)
     results = json.loads((run / "results.json").read_text())
+    for mode in ("pgd", "l1", "joint-lp", "joint"):
+        assert {a["steps"] for a in results["models"][mode]["hparams"]["attacks"] if a["space"] == "input"} == {2}
     assert results["quick"] is True and results["data"] == "synthetic" and results["n_test"] == 120
     assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae"}
     assert set(results["table1"]["pgd"]) == {"std", "fgsm", "pgd", "vae", "joint"}
@@ -23,7 +25,7 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert set(results["models"]) == {"cvae", "std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp"}
     assert doc["report"] == str(run / "report.md")
     text = (run / "report.md").read_text()
-    assert "QUICK smoke run" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
+    assert "QUICK smoke run" in text and "with 2 PGD steps" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
     for fig in results["figures"]:
         assert (run / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     # the trade-off numbers are the differences of the table cells
