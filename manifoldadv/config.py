@@ -11,9 +11,11 @@ and no ramp, PGD-adv LeNet5 collapsed to a constant output (clean accuracy 11%, 
 its first adversarial epoch; l1 eps 10 / 12 and l2 eps 2.0 / 0.5
 (MNIST / CIFAR-10), PGD step size 2.5*eps/steps (Madry et al.), test-time steps equal to
 training steps, CIFAR-10 random-crop + flip augmentation, and the whole `synthetic` column
-(sized to train in seconds; the CVAE keeps the Bernoulli likelihood: measured on the full
-synthetic study, it makes latent attacks that leave clean reconstructions 100% correct but
-the std model 61% correct, the paper's pattern).
+(sized to train in seconds). Its CVAE has a Gaussian likelihood (sigma 0.05) and a latent of 6,
+the manifold's dimension: the morphs move pixels by a few hundredths, so a Bernoulli decoder
+fits them no better than the class mean and its latent attacks barely move along the manifold
+(measured, quick study: VAE-robust top-6 spectrum ratio 0.40 with Bernoulli/latent 8, 1.61
+with Gaussian; full study with Gaussian: 3.13, std model under the VAE attack 61%).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ DEFAULTS: dict[str, DataDefaults] = {
         model="lenet5", epochs=8, adv_start=2, batch_size=128, lr=1e-3, weight_decay=5e-4,
         train_eps={"linf": 0.25, "l2": 2.0, "l1": 10.0}, test_eps={"linf": 0.2, "l2": 2.0, "l1": 10.0},
         steps=10, latent_eps=1.0, latent_steps=10, augment=False, eps_warmup=2,
-        cvae=CVAEDefaults("cvae-mlp", epochs=15, lr=1e-3, batch_size=64, latent=8),
+        cvae=CVAEDefaults("cvae-mlp", epochs=15, lr=1e-3, batch_size=64, latent=6,
+                          extra={"likelihood": "gaussian", "sigma": 0.05}),
     ),
 }
 
