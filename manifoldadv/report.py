@@ -50,6 +50,11 @@ def table2_md(tradeoff: dict, data: str) -> str:
                         [cell(per_model[m], ref.get(half, {}).get(attack, {}).get(m)) for m in cols])
         names = [{"pgd": "l-inf-adv" if half == "lp" else "PGD-adv"}.get(m, NAMES.get(m, m)) for m in cols]
         out.append(f"*{label}*\n\n" + _md_table([""] + names, rows))
+        if half == "lp" and "l1_slide_only" in tradeoff:
+            slide = tradeoff["l1_slide_only"]
+            out.append("The l1-attack row is, per test example, the worst case of SLIDE (l1 PGD) and the "
+                       "gradient-free Pointwise attack (`l1-worst`). SLIDE alone: "
+                       + ", ".join(f"{names[cols.index(m)]} {pct(slide[m])}" for m in cols if m in slide) + ".")
     return "\n\n".join(out)
 
 

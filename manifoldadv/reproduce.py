@@ -150,6 +150,13 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
+def _attack_line(e: dict) -> str:
+    if e["attack"] == "pointwise":
+        return f"pointwise: l1 eps {e['eps']:g}, gradient-free, {e['restarts']} restarts"
+    line = f"{e['attack']}: {e['norm']} eps {e['eps']:g}, {e['steps']} steps of {e['step_size']:.4g}"
+    return line + (" (SLIDE), then the pointwise attack on what SLIDE leaves" if e["attack"] == "l1-worst" else "")
+
+
 def render(r: dict) -> str:
     data = r["data"]
     quick = " (QUICK smoke run: short schedules and subsets, not the paper's settings)" if r["quick"] else ""
@@ -222,6 +229,5 @@ def render(r: dict) -> str:
                     + (f", strategy {hp['strategy']}" if mode in ("joint", "joint-lp") else ""))
         lines.append(f"| {mode} | {m['epochs']} | {acc} | {_hms(m['train_seconds'])} | {settings} |")
     lines += ["", "Evaluation attacks: "
-              + "; ".join(sorted({f"{e['attack']}: {e['norm']} eps {e['eps']:g}, {e['steps']} steps of {e['step_size']:.4g}"
-                                  for e in r["evaluations"] if e["attack"] != "clean"})) + ".", ""]
+              + "; ".join(sorted({_attack_line(e) for e in r["evaluations"] if e["attack"] != "clean"})) + ".", ""]
     return "\n".join(lines)

@@ -27,7 +27,7 @@ def trained():
     return m, ds
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "l2", "l1"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "l2", "l1", "l1-worst"])
 def test_adversarial_examples_stay_in_ball_and_box(trained, name):
     m, ds = trained
     x, y = ds.test.images(slice(0, 64)), ds.test.y[:64]

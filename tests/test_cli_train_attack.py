@@ -105,6 +105,11 @@ def test_attack_matrix_json_and_table(tmp_path, cvae_path):
     assert next(r for r in rows if r["attack"] == "pgd")["eps"] == 0.2
     r = cli("attack", a, b, "--attacks", "clean,pgd", "--limit", "16", "--steps", "1")
     assert r.exit_code == 0 and "std" in r.stdout and "fgsm" in r.stdout and "pgd (linf eps 0.2" in r.stdout
+    doc = cli_json("attack", a, "--attacks", "l1,pointwise,l1-worst", "--limit", "32", "--steps", "2", "--l1-eps", "3")
+    acc = {r["attack"]: r["accuracy"] for r in doc["results"]}
+    assert {r["restarts"] for r in doc["results"] if r["attack"] == "pointwise"} == {5}
+    assert all(r["eps"] == 3.0 and r["norm"] == "l1" for r in doc["results"])
+    assert acc["l1-worst"] <= acc["l1"]  # SLIDE's examples kept, pointwise's added
 
 
 def test_bad_arguments_exit_2(tmp_path):

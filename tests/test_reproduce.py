@@ -93,6 +93,10 @@ def test_tradeoff_command_json(tmp_path):
     doc = cli_json("tradeoff", "--data", "synthetic", "--quick", "--limit", "100", "--run-dir", tmp_path / "t")
     assert set(doc["lp"]) == {"l1", "pgd"} and set(doc["lp"]["l1"]) == {"l1", "pgd", "joint-lp"}
     assert set(doc["gen"]) == {"pgd", "vae"} and set(doc["gen"]["vae"]) == {"pgd", "vae", "joint"}
+    assert doc["lp_attacks"]["l1"] == "l1-worst"
+    # the l1 row adds the pointwise attack to SLIDE's own examples (same seed): never higher
+    assert all(doc["lp"]["l1"][m] <= doc["l1_slide_only"][m] for m in ("l1", "pgd", "joint-lp"))
     d = doc["drops"]["joint-lp"]
     assert d["mean"] == pytest.approx((d["l1"] + d["pgd"]) / 2)
+    assert d["l1"] == pytest.approx(doc["lp"]["l1"]["l1"] - doc["lp"]["l1"]["joint-lp"])
     assert doc["paper"]["drops"] is None  # the paper has no synthetic numbers

@@ -32,9 +32,10 @@ def column_label(meta: dict, path: Path) -> str:
 
 
 def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None, eps=None, l1_eps=None,
-               l2_eps=None, latent_eps=None, steps=None, step_size=None, restarts=1, batch_size=None, seed=0):
+               l2_eps=None, latent_eps=None, steps=None, step_size=None, restarts=None, batch_size=None, seed=0):
     """Evaluate every checkpoint under every attack; returns the JSON rows."""
-    eps_for = {"fgsm": eps, "pgd": eps, "l2": l2_eps, "l1": l1_eps, "vae": latent_eps, "vae-pgd": latent_eps,
+    eps_for = {"fgsm": eps, "pgd": eps, "l2": l2_eps, "l1": l1_eps, "pointwise": l1_eps, "l1-worst": l1_eps,
+               "vae": latent_eps, "vae-pgd": latent_eps,
                "vae-l2": latent_eps}
     bs = batch_size or defaults(ds.name).eval_batch_size
     rows = []
@@ -77,7 +78,9 @@ def render(rows, paths) -> Table:
                 cell += f" (recon {r['recon_accuracy']:.1%})"
             cells.append(cell)
         spec = next(r for r in rows if r["attack"] == name)
-        desc = name if name == "clean" else f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['steps']} steps)"
+        desc = (name if name == "clean" else
+                f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['restarts']} restarts)" if name == "pointwise" else
+                f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['steps']} steps)")
         table.add_row(desc, *cells)
     return table
 
@@ -92,7 +95,7 @@ def attack(
     latent_eps: Annotated[Optional[float], typer.Option("--latent-eps", min=0.0)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps of the iterative attacks.")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0)] = None,
-    restarts: Annotated[int, typer.Option("--restarts", min=1, help="Random restarts; the worst case per example is kept.")] = 1,
+    restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts; the worst case per example is kept (default 1; pointwise: 5).")] = None,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for the vae attacks.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     data_root: DataRoot = None,
