@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .pointwise import pointwise
+from .pointwise import VERSION as POINTWISE_VERSION, pointwise
 from .config import defaults
 from .errors import UsageError
 
@@ -48,6 +48,8 @@ class AttackSpec:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["space"] = self.space
+        if self.name in ("pointwise", "l1-worst"):
+            d["pointwise_version"] = POINTWISE_VERSION
         return d
 
 
@@ -182,8 +184,13 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
                 with torch.no_grad():
                     left = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)
                 if len(left):
+                    # the generator goes back to where SLIDE left it, so that the next batch's
+                    # SLIDE is the plain `l1` attack's and `l1-worst` fools a superset of it
+                    state = generator.get_state() if generator is not None else None
                     x_pw, fooled = pointwise(model, x[left], y[left], eps=spec.eps, generator=generator,
                                              restarts=POINTWISE_RESTARTS)
+                    if state is not None:
+                        generator.set_state(state)
                     x_adv[left[fooled]] = x_pw[fooled]
             return x_adv
         _, z = latent_search(model, cvae, x, y, spec, generator=generator)
