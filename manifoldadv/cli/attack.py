@@ -80,7 +80,8 @@ def render(rows, paths) -> Table:
         spec = next(r for r in rows if r["attack"] == name)
         desc = (name if name == "clean" else
                 f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['restarts']} restarts)" if name == "pointwise" else
-                f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['steps']} steps)")
+                f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['steps']} steps"
+                + (" + pointwise)" if name == "l1-worst" else ")"))
         table.add_row(desc, *cells)
     return table
 
