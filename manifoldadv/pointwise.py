@@ -122,7 +122,7 @@ def _once(model, x0, y, *, eps, lo, hi, generator, densities: int = 100, passes:
             for _ in range(bisect_steps):
                 mid = (t_lo + t_hi) / 2
                 cand = x[rows].clone()
-                cand[torch.arange(len(rows)), cols] = start + mid * (end - start)
+                cand[torch.arange(len(rows), device=x0.device), cols] = start + mid * (end - start)
                 ok = wrong(rows, cand)
                 t_hi = torch.where(ok, mid, t_hi)
                 t_lo = torch.where(ok, t_lo, mid)
