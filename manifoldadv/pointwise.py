@@ -26,11 +26,11 @@ def _rand(shape, like: torch.Tensor, generator):
 
 @torch.no_grad()
 def pointwise(model, x0: torch.Tensor, y: torch.Tensor, *, eps: float, lo: float = 0.0, hi: float = 1.0,
-              generator: torch.Generator | None = None, restarts: int = 1, restart_within: float = 3.0,
+              generator: torch.Generator | None = None, restarts: int = 1, give_up: float = 3.0,
               **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, fooled): per sample, the attack's point if it is misclassified and within ||x - x0||_1
     <= eps (then fooled is True), else x0 itself. Restarts (other noise, other orders) run on the
-    samples not fooled yet whose first attempt came within `restart_within` * eps (an accuracy
+    samples not fooled yet whose first attempt came within `give_up` * eps (an accuracy
     attack, not a distance minimiser; on the MNIST models a factor of 3 lost no sample to 5
     unconditional restarts and skipped most of the hopeless ones). The model must already be in
     eval mode."""
@@ -41,15 +41,16 @@ def pointwise(model, x0: torch.Tensor, y: torch.Tensor, *, eps: float, lo: float
         rows = (~fooled & retry).nonzero().squeeze(1)
         if len(rows) == 0:
             break
-        xr, fr, dist = _once(model, x0[rows], y[rows], eps=eps, lo=lo, hi=hi, generator=generator, **kw)
+        xr, fr, dist = _once(model, x0[rows], y[rows], eps=eps, lo=lo, hi=hi, generator=generator,
+                             give_up=give_up, **kw)
         x[rows[fr]], fooled[rows[fr]] = xr[fr], True
         if attempt == 0:
-            retry[rows] = dist <= restart_within * eps
+            retry[rows] = dist <= give_up * eps
     return x, fooled
 
 
 def _once(model, x0, y, *, eps, lo, hi, generator, densities: int = 100, passes: int = 10,
-          bisect_steps: int = 10, refine_passes: int = 2, give_up: float = 3.0, batch_size: int = 1024):
+          bisect_steps: int = 10, refine_passes: int = 2, give_up: float, batch_size: int = 1024):
     n, shape = x0.shape[0], x0.shape[1:]
     clean = x0.detach().reshape(n, -1)
     d = clean.shape[1]
