@@ -72,8 +72,15 @@ TARGETS = {
 CLOCK = time.perf_counter
 
 
-def timed_round_robin(variants, *, budget_s, min_reps, max_reps, warmup=2):
-    """Median seconds per call of each variant; variants are callables taking a rotation index."""
+def timed_round_robin(variants, *, budget_s, min_reps, max_reps, warmup=2, settle_s=0.0):
+    """Median seconds per call of each variant; variants are callables taking a rotation index.
+
+    settle_s: an untimed pause before each timed call. The covariance variants come from two
+    thread runtimes (torch's OpenMP, numpy's OpenBLAS pthreads) whose idle threads keep spinning
+    for a while after a call; back to back, each variant then shares the two cores with the
+    previous library's spinning threads (measured: the fused op 0.54 s alone, 0.61-0.74 s right
+    after numpy). The pause lets them go to sleep, so each variant is timed on its own.
+    """
     est = {}
     for name, fn in variants.items():
         t0 = CLOCK()
@@ -86,6 +93,8 @@ def timed_round_robin(variants, *, budget_s, min_reps, max_reps, warmup=2):
     while any(len(times[k]) < reps[k] for k in variants):
         for name, fn in variants.items():
             if len(times[name]) < reps[name]:
+                if settle_s:
+                    time.sleep(settle_s)
                 t0 = CLOCK()
                 fn(i)
                 times[name].append(CLOCK() - t0)
@@ -258,6 +267,9 @@ def bench_threads(norms, shape, *, quick, log):
 # ------------------------------------------------------------------------------ covariance
 
 
+SETTLE_S = 0.5  # see timed_round_robin
+
+
 def bench_cov(dims, n_rows, *, quick, log):
     rows = []
     C = 10
@@ -279,7 +291,8 @@ def bench_cov(dims, n_rows, *, quick, log):
             return X64.T @ X64
 
         variants = {"fused": fused, "np_cov_loop": npcov, "XtX": limit}
-        med, reps = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 3, max_reps=3, warmup=1)
+        med, reps = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 3, max_reps=3, warmup=1,
+                                      settle_s=SETTLE_S)
         _, _, cov = fused(0)
         ref = npcov(0)
         err = max(float(np.abs(cov[c].numpy() - ref[c]).max() / np.abs(ref[c]).max()) for c in range(C))

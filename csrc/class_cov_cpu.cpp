@@ -7,21 +7,27 @@
 //   2. Yt = (X_c - mb)^T as a [d, nb (+1)] float64 matrix, built by a tiled transposing gather;
 //      when the class already has na rows, one extra column sqrt(na*nb/n) * (mb - mean) makes
 //      the GEMM below add Chan's correction term w * delta delta^T as well;
-//   3. M2[c] += Yt Yt^T on the UPPER TRIANGLE only, as row-block GEMMs through at::addmm_ (BLAS):
+//   3. M2[c] += Yt Yt^T on the UPPER TRIANGLE only, as row-block GEMMs (BLAS dgemm):
 //      for i0 in 0..d step bs: M2[c][i0:i1, i0:d] += Yt[i0:i1] Yt[i0:d]^T, i.e. half the
 //      products of a full Y^T Y plus the diagonal blocks. The [d, nb] layout puts the summed
 //      dimension contiguous (a "TN" dot-product GEMM), measurably the fastest form for MKL here;
 //   4. mean += delta * nb / n, count = n.
+// With several threads and enough balanced classes the classes are spread over the threads,
+// each doing all the steps for its classes with single-threaded BLAS (class-parallel); else
+// one class at a time with the threads inside the gather and inside BLAS (at::addmm_).
 // Only the upper triangle of M2 is maintained; class_cov_finalize mirrors it and divides by
 // n - 1 (NaN for classes with fewer than two rows, like np.cov).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 namespace manifoldadv::cpu {
@@ -109,6 +115,71 @@ void upper_gram_small_(double* m2c, int64_t d, const double* yt, int64_t ld, int
   }
 }
 
+// BLAS entry points exported by torch's own library (MKL in the x86-64 wheels). Weak, so the
+// extension still loads where they are absent; without dgemm_ the update never goes
+// class-parallel (see update_impl).
+extern "C" {
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's C API (mkl_service.h maps mkl_set_num_threads_local to it; the lower-case symbol that
+// library exports is the Fortran entry, which takes a pointer).
+int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
+}
+
+// upper_gram_ through BLAS directly, for the workers of a class-parallel update: a worker
+// thread has none of the caller's thread-local dispatch state (inference mode etc.), so it must
+// not go through the dispatcher, and its BLAS call must stay on its own thread.
+void upper_gram_blas_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K) {
+  const int64_t bs = d <= 1024 ? 128 : 256;
+  const double one = 1.0;
+  const int ik = static_cast<int>(K), ild = static_cast<int>(ld), ildc = static_cast<int>(d);
+  for (int64_t i0 = 0; i0 < d; i0 += bs) {
+    const int h = static_cast<int>(std::min(bs, d - i0)), w = static_cast<int>(d - i0);
+    // Row-major C = M2[i0:i0+h, i0:d] is the column-major [w, h] matrix C^T = B A^T, with
+    // B = Yt[i0:d] and A = Yt[i0:i0+h] row-major [., K], i.e. column-major [K, .].
+    dgemm_("T", "N", &w, &h, &ik, &one, yt + i0 * ld, &ild, yt + i0 * ld, &ild, &one,
+           m2c + i0 * d + i0, &ildc);
+  }
+}
+
+// Merges rows[0..count) (all of class c) into the state, in chunks of max_rows rows, each chunk
+// one Chan merge. buf holds d * stride(max_rows + 1) doubles, mb d doubles.
+// on_worker: called from a worker of a class-parallel update (everything stays on this thread).
+template <typename scalar_t>
+void merge_class(int64_t c, const scalar_t* x, int64_t d, const int64_t* rows, int64_t count,
+                 int64_t max_rows, int64_t* cnt, double* mu, at::Tensor& m2, double* m2_data,
+                 double* buf, double* mb, bool on_worker) {
+  double* m2p = m2_data + c * d * d;
+  double* muc = mu + c * d;
+  for (int64_t r0 = 0; r0 < count; r0 += max_rows) {
+    const int64_t nb = std::min(max_rows, count - r0);
+    const int64_t na = cnt[c];
+    const int64_t n = na + nb;
+    const int64_t extra = na > 0 ? 1 : 0;
+    const int64_t K = nb + extra;
+    const int64_t ld = (K + 7) / 8 * 8;  // every row of Yt starts 64-byte aligned
+    centred_transpose<scalar_t>(x, d, rows + r0, nb, mb, buf, ld);
+    if (extra) {
+      const double w = std::sqrt(static_cast<double>(na) * static_cast<double>(nb) /
+                                 static_cast<double>(n));
+      for (int64_t j = 0; j < d; ++j) buf[j * ld + nb] = w * (mb[j] - muc[j]);
+    }
+    if (d * d * K <= (int64_t{1} << 21)) {
+      upper_gram_small_(m2p, d, buf, ld, K);
+    } else if (on_worker) {
+      upper_gram_blas_(m2p, d, buf, ld, K);
+    } else {
+      at::Tensor m2c = m2.select(0, c);
+      const at::Tensor Yt = at::from_blob(buf, {d, K}, {ld, 1}, at::TensorOptions().dtype(at::kDouble));
+      upper_gram_(m2c, Yt);
+    }
+    const double f = static_cast<double>(nb) / static_cast<double>(n);
+    for (int64_t j = 0; j < d; ++j) muc[j] += (mb[j] - muc[j]) * f;
+    cnt[c] = n;
+  }
+}
+
 template <typename scalar_t>
 void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at::Tensor& X,
                  const at::Tensor& labels) {
@@ -117,6 +188,7 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
   const int64_t* lab = labels.const_data_ptr<int64_t>();
   int64_t* cnt = counts.mutable_data_ptr<int64_t>();
   double* mu = means.mutable_data_ptr<double>();
+  double* m2_data = m2.mutable_data_ptr<double>();
 
   // Stable counting sort of the rows by class.
   std::vector<int64_t> start(static_cast<size_t>(C + 1), 0);
@@ -132,45 +204,55 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t i = 0; i < N; ++i) order[fill[lab[i]]++] = i;
   }
+  auto rows_of = [&](int64_t c) { return start[c + 1] - start[c]; };
 
-  // Rows are merged in chunks of max(1024, 1M / d) rows (each chunk one Chan merge): Yt then
-  // stays in the last-level cache between its gather and its GEMMs (8 MiB at most unless
-  // d > 1024) and one small buffer serves every chunk. Measured here against one chunk per
-  // class: 10-15% faster at d = 784 and 3072 (60k rows, 10 classes).
+  // Rows are merged in chunks of max(1024, 1M / d) rows: Yt then stays in the last-level cache
+  // between its gather and its GEMMs (8 MiB at most unless d > 1024) and one small buffer serves
+  // every chunk. Measured here against one chunk per class: 10-15% faster at d = 784 and 3072.
   const int64_t max_rows = std::max<int64_t>(1024, (int64_t{1} << 20) / d);
-  std::vector<double> mb(static_cast<size_t>(d));
-  // One buffer for every class (fresh pages cost a page fault and a clear each).
-  int64_t widest = 0;
-  for (int64_t c = 0; c < C; ++c) widest = std::max(widest, std::min(max_rows, start[c + 1] - start[c]));
-  // Row stride of Yt: a multiple of 8 doubles (64 bytes), so that every row starts aligned.
-  auto stride_for = [](int64_t cols) { return (cols + 7) / 8 * 8; };
-  at::Tensor buf = at::empty({d * stride_for(widest + 1)}, at::TensorOptions().dtype(at::kDouble));
+  std::vector<int64_t> present;
+  int64_t widest = 0, largest = 0;
   for (int64_t c = 0; c < C; ++c) {
-    at::Tensor m2c = m2.select(0, c);
-    for (int64_t r0 = start[c]; r0 < start[c + 1]; r0 += max_rows) {
-      const int64_t nb = std::min(max_rows, start[c + 1] - r0);
-      const int64_t na = cnt[c];
-      const int64_t n = na + nb;
-      const int64_t extra = na > 0 ? 1 : 0;
-      const int64_t ld = stride_for(nb + extra);
-      at::Tensor Yt = buf.as_strided({d, nb + extra}, {ld, 1});
-      double* yt = Yt.mutable_data_ptr<double>();
-      centred_transpose<scalar_t>(x, d, order.data() + r0, nb, mb.data(), yt, ld);
-      double* muc = mu + c * d;
-      if (extra) {
-        const double w = std::sqrt(static_cast<double>(na) * static_cast<double>(nb) /
-                                   static_cast<double>(n));
-        for (int64_t j = 0; j < d; ++j) yt[j * ld + nb] = w * (mb[j] - muc[j]);
+    if (rows_of(c) == 0) continue;
+    present.push_back(c);
+    widest = std::max(widest, std::min(max_rows, rows_of(c)));
+    largest = std::max(largest, rows_of(c));
+  }
+  const int64_t buf_len = d * ((widest + 1 + 7) / 8 * 8);
+
+  // Class-parallel when the classes can keep every thread busy: each thread takes whole
+  // classes, largest first, and does everything for them itself (gather, single-threaded BLAS,
+  // merge), so the threads meet only at the end. Otherwise one class at a time, with the threads
+  // inside the gather and inside BLAS, which synchronise at every GEMM (at d = 784 the whole
+  // update then runs at ~1.7x of one thread's speed instead of ~2x). Classes at least as many
+  // as threads and the largest at most ~1/T of the rows bound the finish times within ~25%.
+  const int64_t T = at::get_num_threads();
+  const bool class_parallel = T > 1 && dgemm_ != nullptr && !at::in_parallel_region() &&
+                              static_cast<int64_t>(present.size()) >= T &&
+                              largest * T <= N + N / 4 && d * d * N >= (int64_t{1} << 22);
+  if (class_parallel) {
+    std::sort(present.begin(), present.end(),
+              [&](int64_t a, int64_t b) { return rows_of(a) > rows_of(b) || (rows_of(a) == rows_of(b) && a < b); });
+    // Scratch allocated here: the workers must not call into the dispatcher.
+    std::unique_ptr<double[]> scratch(new double[static_cast<size_t>(T * (buf_len + d))]);
+    std::atomic<int64_t> next{0};
+    const int64_t P = static_cast<int64_t>(present.size());
+    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t) {
+      double* buf = scratch.get() + t0 * (buf_len + d);
+      const int prev = MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0;
+      for (int64_t k = next++; k < P; k = next++) {
+        const int64_t c = present[k];
+        merge_class<scalar_t>(c, x, d, order.data() + start[c], rows_of(c), max_rows, cnt, mu,
+                              m2, m2_data, buf, buf + buf_len, /*on_worker=*/true);
       }
-      if (d * d * (nb + extra) <= (int64_t{1} << 21)) {
-        upper_gram_small_(m2c.mutable_data_ptr<double>(), d, yt, ld, nb + extra);
-      } else {
-        upper_gram_(m2c, Yt);
-      }
-      const double f = static_cast<double>(nb) / static_cast<double>(n);
-      for (int64_t j = 0; j < d; ++j) muc[j] += (mb[j] - muc[j]) * f;
-      cnt[c] = n;
-    }
+      if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(prev);
+    });
+    return;
+  }
+  std::unique_ptr<double[]> scratch(new double[static_cast<size_t>(buf_len + d)]);
+  for (int64_t c : present) {
+    merge_class<scalar_t>(c, x, d, order.data() + start[c], rows_of(c), max_rows, cnt, mu, m2,
+                          m2_data, scratch.get(), scratch.get() + buf_len, /*on_worker=*/false);
   }
 }
 

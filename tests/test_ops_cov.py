@@ -123,6 +123,51 @@ def test_large_batch_is_split_into_chunks():
         assert torch.equal(cov[c], cov[c].T)
 
 
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@needs_ext
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "d, n, weights",
+    [
+        # several balanced classes: class-parallel with 2 threads (each class on one thread,
+        # its products through BLAS); d = 1024 gives chunks of 1024 rows, so classes of ~1300
+        # rows take two chunks and the second one carries Chan's correction column
+        (96, 4000, [1, 1, 1, 1, 1]),
+        (1024, 3900, [1, 1, 1]),
+        # one class with most rows: one class at a time, threads inside gather and BLAS
+        (96, 4000, [8, 1, 1]),
+    ],
+)
+def test_class_parallel_and_serial_updates_match_np_cov(torch_threads, threads, d, n, weights):
+    torch_threads(threads)
+    rng = np.random.default_rng(d + n)
+    C = len(weights)
+    y = rng.choice(C, size=n, p=np.array(weights) / sum(weights))
+    X = (1e3 + rng.normal(size=(n, d)) * rng.uniform(0.1, 2.0, d)).astype(np.float32)
+    acc = ops.ClassCovariance(C, d, buffer_rows=0)
+    half = n // 2  # two updates: the second merges into existing state in every class
+    acc.update(torch.from_numpy(X[:half]), torch.from_numpy(y[:half]))
+    acc.update(torch.from_numpy(X[half:]), torch.from_numpy(y[half:]))
+    assert_matches(acc.finalize(), np_truth(X, y, C), rtol=1e-9)
+
+
+@needs_ext
+def test_update_under_inference_mode(torch_threads):
+    """The class-parallel workers run without the caller's thread-local state."""
+    torch_threads(2)
+    X, y = data(5, 3000, 128, 4, offset=2.0)
+    with torch.inference_mode():
+        acc = ops.ClassCovariance(4, 128, buffer_rows=0).update(torch.from_numpy(X), torch.from_numpy(y))
+        result = acc.finalize()
+    assert_matches(result, np_truth(X, y, 4), rtol=1e-9)
+
+
 @needs_ext
 def test_finalize_reads_only_the_upper_triangle():
     rng = np.random.default_rng(3)
