@@ -291,7 +291,7 @@ def bench_cov(dims, n_rows, *, quick, log):
             return X64.T @ X64
 
         variants = {"fused": fused, "np_cov_loop": npcov, "XtX": limit}
-        med, reps = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 3, max_reps=3, warmup=1,
+        med, reps = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 5, max_reps=5, warmup=1,
                                       settle_s=SETTLE_S)
         _, _, cov = fused(0)
         ref = npcov(0)
