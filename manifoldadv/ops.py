@@ -48,6 +48,9 @@ two passes).
 
 Per-class covariance: ``m2`` keeps only its upper triangle current (the kernel updates upper-
 triangular blocks with float64 GEMMs, half the work of a full product); ``finalize`` mirrors it.
+On CPU with several threads and at least as many (balanced) classes as threads, each thread
+takes whole classes and runs their gather and single-threaded BLAS itself; otherwise classes go
+one at a time with the threads inside the gather and BLAS (``csrc/class_cov_cpu.cpp``).
 """
 
 from __future__ import annotations
