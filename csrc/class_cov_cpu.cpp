@@ -83,19 +83,8 @@ void centred_transpose(const scalar_t* X, int64_t d, const int64_t* rows, int64_
   });
 }
 
-// M2 (a [d, d] view with row stride d) += Yt Yt^T on the upper triangle, by row blocks.
-void upper_gram_(at::Tensor& m2c, const at::Tensor& Yt) {
-  const int64_t d = Yt.size(0);
-  const int64_t bs = d <= 1024 ? 128 : 256;
-  for (int64_t i0 = 0; i0 < d; i0 += bs) {
-    const int64_t h = std::min(bs, d - i0);
-    at::Tensor out = m2c.narrow(0, i0, h).narrow(1, i0, d - i0);
-    out.addmm_(Yt.narrow(0, i0, h), Yt.narrow(0, i0, d - i0).t());
-  }
-}
-
-// The same for products too small to be worth BLAS (d * d * K below ~2M multiply-adds): plain
-// dot products of the contiguous rows of Yt, on the calling thread. MKL would otherwise start
+// upper_gram_ (below) for products too small to be worth BLAS (d * d * K below ~2M
+// multiply-adds): plain dot products of the contiguous rows of Yt, on the calling thread. MKL would otherwise start
 // its thread team for each tiny GEMM of a stream of small batches, and on a busy machine every
 // such start waits for a descheduled thread.
 void upper_gram_small_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K) {
@@ -127,19 +116,33 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 }
 
-// upper_gram_ through BLAS directly, for the workers of a class-parallel update: a worker
-// thread has none of the caller's thread-local dispatch state (inference mode etc.), so it must
-// not go through the dispatcher, and its BLAS call must stay on its own thread.
-void upper_gram_blas_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K) {
+// M2 (row-major [d, d], row stride d) += Yt Yt^T on the upper triangle, by row blocks:
+// M2[i0:i1, i0:d] += Yt[i0:i1] Yt[i0:d]^T. A worker of a class-parallel update (on_worker) calls
+// BLAS directly: it has none of the caller's thread-local dispatch state (inference mode etc.),
+// so it must not go through the dispatcher, and its BLAS call must stay on its own thread.
+// Otherwise at::addmm_, whose BLAS uses every thread.
+void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K, bool on_worker) {
   const int64_t bs = d <= 1024 ? 128 : 256;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor M, Y;
+  if (!on_worker) {
+    M = at::from_blob(m2c, {d, d}, f64);
+    Y = at::from_blob(const_cast<double*>(yt), {d, K}, {ld, 1}, f64);
+  }
   const double one = 1.0;
   const int ik = static_cast<int>(K), ild = static_cast<int>(ld), ildc = static_cast<int>(d);
   for (int64_t i0 = 0; i0 < d; i0 += bs) {
-    const int h = static_cast<int>(std::min(bs, d - i0)), w = static_cast<int>(d - i0);
-    // Row-major C = M2[i0:i0+h, i0:d] is the column-major [w, h] matrix C^T = B A^T, with
-    // B = Yt[i0:d] and A = Yt[i0:i0+h] row-major [., K], i.e. column-major [K, .].
-    dgemm_("T", "N", &w, &h, &ik, &one, yt + i0 * ld, &ild, yt + i0 * ld, &ild, &one,
-           m2c + i0 * d + i0, &ildc);
+    const int64_t h = std::min(bs, d - i0);
+    if (on_worker) {
+      // Row-major C = M2[i0:i0+h, i0:d] is the column-major [w, h] matrix C^T = B A^T, with
+      // B = Yt[i0:d] and A = Yt[i0:i0+h] row-major [., K], i.e. column-major [K, .].
+      const int ih = static_cast<int>(h), iw = static_cast<int>(d - i0);
+      dgemm_("T", "N", &iw, &ih, &ik, &one, yt + i0 * ld, &ild, yt + i0 * ld, &ild, &one,
+             m2c + i0 * d + i0, &ildc);
+    } else {
+      at::Tensor out = M.narrow(0, i0, h).narrow(1, i0, d - i0);
+      out.addmm_(Y.narrow(0, i0, h), Y.narrow(0, i0, d - i0).t());
+    }
   }
 }
 
@@ -148,8 +151,8 @@ void upper_gram_blas_(double* m2c, int64_t d, const double* yt, int64_t ld, int6
 // on_worker: called from a worker of a class-parallel update (everything stays on this thread).
 template <typename scalar_t>
 void merge_class(int64_t c, const scalar_t* x, int64_t d, const int64_t* rows, int64_t count,
-                 int64_t max_rows, int64_t* cnt, double* mu, at::Tensor& m2, double* m2_data,
-                 double* buf, double* mb, bool on_worker) {
+                 int64_t max_rows, int64_t* cnt, double* mu, double* m2_data, double* buf,
+                 double* mb, bool on_worker) {
   double* m2p = m2_data + c * d * d;
   double* muc = mu + c * d;
   for (int64_t r0 = 0; r0 < count; r0 += max_rows) {
@@ -167,12 +170,8 @@ void merge_class(int64_t c, const scalar_t* x, int64_t d, const int64_t* rows, i
     }
     if (d * d * K <= (int64_t{1} << 21)) {
       upper_gram_small_(m2p, d, buf, ld, K);
-    } else if (on_worker) {
-      upper_gram_blas_(m2p, d, buf, ld, K);
     } else {
-      at::Tensor m2c = m2.select(0, c);
-      const at::Tensor Yt = at::from_blob(buf, {d, K}, {ld, 1}, at::TensorOptions().dtype(at::kDouble));
-      upper_gram_(m2c, Yt);
+      upper_gram_(m2p, d, buf, ld, K, on_worker);
     }
     const double f = static_cast<double>(nb) / static_cast<double>(n);
     for (int64_t j = 0; j < d; ++j) muc[j] += (mb[j] - muc[j]) * f;
@@ -243,7 +242,7 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
       for (int64_t k = next++; k < P; k = next++) {
         const int64_t c = present[k];
         merge_class<scalar_t>(c, x, d, order.data() + start[c], rows_of(c), max_rows, cnt, mu,
-                              m2, m2_data, buf, buf + buf_len, /*on_worker=*/true);
+                              m2_data, buf, buf + buf_len, /*on_worker=*/true);
       }
       if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(prev);
     });
@@ -251,7 +250,7 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
   }
   std::unique_ptr<double[]> scratch(new double[static_cast<size_t>(buf_len + d)]);
   for (int64_t c : present) {
-    merge_class<scalar_t>(c, x, d, order.data() + start[c], rows_of(c), max_rows, cnt, mu, m2,
+    merge_class<scalar_t>(c, x, d, order.data() + start[c], rows_of(c), max_rows, cnt, mu,
                           m2_data, scratch.get(), scratch.get() + buf_len, /*on_worker=*/false);
   }
 }
