@@ -5,8 +5,8 @@ works in. `perturb` runs the same projected-gradient loop for all of them; FGSM 
 of size eps from x0 with no random start; the latent attack runs that loop on z = I_y(x) with
 no box and decodes G_y(z'). Two l1 attacks go beyond gradients, because l-inf training masks
 the l1 gradient on MNIST (see `pointwise.py`): `pointwise`, gradient-free, and `l1-worst`, per
-sample the worst case of SLIDE (`l1`) and `pointwise` (run on the samples SLIDE leaves). Every step is `manifoldadv.ops.pgd_step_` (the fused kernel when
-built). Attacks put the model (and CVAE) in eval mode with frozen parameters and restore both
+sample the worst case of SLIDE (`l1`) and `pointwise` (run on the samples SLIDE leaves). Every
+step is `manifoldadv.ops.pgd_step_` (the fused kernel when built). Attacks put the model (and CVAE) in eval mode with frozen parameters and restore both
 afterwards.
 """
 

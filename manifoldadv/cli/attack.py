@@ -60,6 +60,16 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
     return rows
 
 
+def _describe(name: str, spec: dict) -> str:
+    if name == "clean":
+        return name
+    budget = f"{spec['norm']} eps {spec['eps']:g}"
+    if name == "pointwise":  # gradient-free: restarts, no steps
+        return f"{name} ({budget}, {spec['restarts']} restarts)"
+    extra = " + pointwise" if name == "l1-worst" else ""
+    return f"{name} ({budget}, {spec['steps']} steps{extra})"
+
+
 def render(rows, paths) -> Table:
     table = Table(title="test accuracy (rows: attacks, columns: models)")
     table.add_column("attack")
@@ -78,11 +88,7 @@ def render(rows, paths) -> Table:
                 cell += f" (recon {r['recon_accuracy']:.1%})"
             cells.append(cell)
         spec = next(r for r in rows if r["attack"] == name)
-        desc = (name if name == "clean" else
-                f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['restarts']} restarts)" if name == "pointwise" else
-                f"{name} ({spec['norm']} eps {spec['eps']:g}, {spec['steps']} steps"
-                + (" + pointwise)" if name == "l1-worst" else ")"))
-        table.add_row(desc, *cells)
+        table.add_row(_describe(name, spec), *cells)
     return table
 
 
