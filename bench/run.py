@@ -320,16 +320,23 @@ def machine():
         model = None
     import scipy
 
+    try:  # numpy's BLAS computes the X.T @ X limit
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        numpy_blas = f"{blas.get('name')} {blas.get('version')}"
+    except (AttributeError, KeyError, TypeError):
+        numpy_blas = None
     return {
         "cpu_model": model or platform.processor(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "kernel_isa": ops.cpu_kernel_isa(),
+        "cpu_covariance_blas": ops.cpu_blas(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,
+        "numpy_blas": numpy_blas,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "loadavg_start": os.getloadavg(),
     }

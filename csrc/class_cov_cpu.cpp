@@ -7,16 +7,19 @@
 //   2. Yt = (X_c - mb)^T as a [d, nb (+1)] float64 matrix, built by a tiled transposing gather;
 //      when the class already has na rows, one extra column sqrt(na*nb/n) * (mb - mean) makes
 //      the GEMM below add Chan's correction term w * delta delta^T as well;
-//   3. M2[c] += Yt Yt^T on the UPPER TRIANGLE only, as row-block GEMMs (BLAS dgemm):
-//      for i0 in 0..d step bs: M2[c][i0:i1, i0:d] += Yt[i0:i1] Yt[i0:d]^T, i.e. half the
-//      products of a full Y^T Y plus the diagonal blocks. The [d, nb] layout puts the summed
-//      dimension contiguous (a "TN" dot-product GEMM), measurably the fastest form for MKL here;
+//   3. M2[c] += Yt Yt^T on the UPPER TRIANGLE only: one dsyrk when an outside one is installed
+//      (cpu_blas.cpp; SciPy's OpenBLAS) and the call runs on one thread, else row-block GEMMs
+//      (BLAS dgemm): for i0 in 0..d step bs: M2[c][i0:i1, i0:d] += Yt[i0:i1] Yt[i0:d]^T, i.e.
+//      half the products of a full Y^T Y plus the diagonal blocks. The [d, nb] layout puts the
+//      summed dimension contiguous (a "TN" dot-product GEMM), measurably the fastest form for MKL;
 //   4. mean += delta * nb / n, count = n.
 // With several threads and enough balanced classes the classes are spread over the threads,
 // each doing all the steps for its classes with single-threaded BLAS (class-parallel); else
 // one class at a time with the threads inside the gather and inside BLAS (at::addmm_).
 // Only the upper triangle of M2 is maintained; class_cov_finalize mirrors it and divides by
 // n - 1 (NaN for classes with fewer than two rows, like np.cov).
+#include "cpu_blas.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -28,6 +31,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace manifoldadv::cpu {
@@ -116,12 +120,28 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 }
 
-// M2 (row-major [d, d], row stride d) += Yt Yt^T on the upper triangle, by row blocks:
-// M2[i0:i1, i0:d] += Yt[i0:i1] Yt[i0:d]^T. A worker of a class-parallel update (on_worker) calls
-// BLAS directly: it has none of the caller's thread-local dispatch state (inference mode etc.),
-// so it must not go through the dispatcher, and its BLAS call must stay on its own thread.
-// Otherwise at::addmm_, whose BLAS uses every thread.
-void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K, bool on_worker) {
+// How a merge computes its products. on_worker: it runs on a worker of a class-parallel update,
+// which has none of the caller's thread-local dispatch state (inference mode etc.), so it must
+// not go through the dispatcher, and its BLAS must stay on its own thread. dsyrk: the installed
+// outside dsyrk, set only where it runs single-threaded (see update_impl).
+struct GramPath {
+  bool on_worker = false;
+  dsyrk_t dsyrk = nullptr;
+};
+
+// M2 (row-major [d, d], row stride d) += Yt Yt^T on the upper triangle. With path.dsyrk, one
+// call: row-major upper is column-major lower, and Yt row-major [d, ld] is column-major [ld, d],
+// so it is dsyrk("L", "T") of the first K rows. Otherwise by row blocks,
+// M2[i0:i1, i0:d] += Yt[i0:i1] Yt[i0:d]^T: BLAS dgemm directly on a worker, else at::addmm_,
+// whose BLAS uses every thread.
+void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K, GramPath path) {
+  const double one = 1.0;
+  const int ik = static_cast<int>(K), ild = static_cast<int>(ld), ildc = static_cast<int>(d);
+  if (path.dsyrk != nullptr) {
+    path.dsyrk("L", "T", &ildc, &ik, &one, yt, &ild, &one, m2c, &ildc);
+    return;
+  }
+  const bool on_worker = path.on_worker;
   const int64_t bs = d <= 1024 ? 128 : 256;
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   at::Tensor M, Y;
@@ -129,8 +149,6 @@ void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K
     M = at::from_blob(m2c, {d, d}, f64);
     Y = at::from_blob(const_cast<double*>(yt), {d, K}, {ld, 1}, f64);
   }
-  const double one = 1.0;
-  const int ik = static_cast<int>(K), ild = static_cast<int>(ld), ildc = static_cast<int>(d);
   for (int64_t i0 = 0; i0 < d; i0 += bs) {
     const int64_t h = std::min(bs, d - i0);
     if (on_worker) {
@@ -148,11 +166,10 @@ void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K
 
 // Merges rows[0..count) (all of class c) into the state, in chunks of max_rows rows, each chunk
 // one Chan merge. buf holds d * stride(max_rows + 1) doubles, mb d doubles.
-// on_worker: called from a worker of a class-parallel update (everything stays on this thread).
 template <typename scalar_t>
 void merge_class(int64_t c, const scalar_t* x, int64_t d, const int64_t* rows, int64_t count,
                  int64_t max_rows, int64_t* cnt, double* mu, double* m2_data, double* buf,
-                 double* mb, bool on_worker) {
+                 double* mb, GramPath path) {
   double* m2p = m2_data + c * d * d;
   double* muc = mu + c * d;
   for (int64_t r0 = 0; r0 < count; r0 += max_rows) {
@@ -171,7 +188,7 @@ void merge_class(int64_t c, const scalar_t* x, int64_t d, const int64_t* rows, i
     if (d * d * K <= (int64_t{1} << 21)) {
       upper_gram_small_(m2p, d, buf, ld, K);
     } else {
-      upper_gram_(m2p, d, buf, ld, K, on_worker);
+      upper_gram_(m2p, d, buf, ld, K, path);
     }
     const double f = static_cast<double>(nb) / static_cast<double>(n);
     for (int64_t j = 0; j < d; ++j) muc[j] += (mb[j] - muc[j]) * f;
@@ -226,9 +243,24 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
   // update then runs at ~1.7x of one thread's speed instead of ~2x). Classes at least as many
   // as threads and the largest at most ~1/T of the rows bound the finish times within ~25%.
   const int64_t T = at::get_num_threads();
-  const bool class_parallel = T > 1 && dgemm_ != nullptr && !at::in_parallel_region() &&
+  // The outside dsyrk wherever each GEMM runs on one thread: class-parallel, or a single thread.
+  // While `single` lives no dsyrk can be installed or removed, so `dsyrk` stays valid.
+  std::optional<SingleThreadedOutsideBlas> single;
+  dsyrk_t dsyrk = nullptr;
+  if (outside_dsyrk() != nullptr) {
+    single.emplace();
+    dsyrk = outside_dsyrk();
+  }
+  const bool class_parallel = T > 1 && (dgemm_ != nullptr || dsyrk != nullptr) &&
+                              !at::in_parallel_region() &&
                               static_cast<int64_t>(present.size()) >= T &&
                               largest * T <= N + N / 4 && d * d * N >= (int64_t{1} << 22);
+  GramPath path;
+  if (dsyrk != nullptr && (class_parallel || T == 1 || at::in_parallel_region())) {
+    path.dsyrk = dsyrk;
+  } else {
+    single.reset();  // BLAS threads inside each GEMM: leave the outside library as it was
+  }
   if (class_parallel) {
     std::sort(present.begin(), present.end(),
               [&](int64_t a, int64_t b) { return rows_of(a) > rows_of(b) || (rows_of(a) == rows_of(b) && a < b); });
@@ -242,7 +274,7 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
       for (int64_t k = next++; k < P; k = next++) {
         const int64_t c = present[k];
         merge_class<scalar_t>(c, x, d, order.data() + start[c], rows_of(c), max_rows, cnt, mu,
-                              m2_data, buf, buf + buf_len, /*on_worker=*/true);
+                              m2_data, buf, buf + buf_len, GramPath{true, path.dsyrk});
       }
       if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(prev);
     });
@@ -251,7 +283,7 @@ void update_impl(at::Tensor& counts, at::Tensor& means, at::Tensor& m2, const at
   std::unique_ptr<double[]> scratch(new double[static_cast<size_t>(buf_len + d)]);
   for (int64_t c : present) {
     merge_class<scalar_t>(c, x, d, order.data() + start[c], rows_of(c), max_rows, cnt, mu,
-                          m2_data, scratch.get(), scratch.get() + buf_len, /*on_worker=*/false);
+                          m2_data, scratch.get(), scratch.get() + buf_len, path);
   }
 }
 

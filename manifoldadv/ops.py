@@ -51,6 +51,9 @@ triangular blocks with float64 GEMMs, half the work of a full product); ``finali
 On CPU with several threads and at least as many (balanced) classes as threads, each thread
 takes whole classes and runs their gather and single-threaded BLAS itself; otherwise classes go
 one at a time with the threads inside the gather and BLAS (``csrc/class_cov_cpu.cpp``).
+Where each product runs on one thread, the CPU kernel uses SciPy's OpenBLAS ``dsyrk`` when it
+can (``use_cpu_blas``; ``MANIFOLDADV_CPU_BLAS=torch`` keeps torch's own BLAS; see
+``csrc/cpu_blas.cpp`` for why and for the thread-count handling).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ from .errors import ExtensionError, UsageError
 
 NORMS = ("linf", "l2", "l1")
 REQUIRE_EXT_ENV = "MANIFOLDADV_REQUIRE_EXT"
+CPU_BLAS_ENV = "MANIFOLDADV_CPU_BLAS"
+CPU_BLAS_CHOICES = ("auto", "torch")
 
 try:  # importing the module registers torch.ops.manifoldadv.*
     from . import _C  # noqa: F401
@@ -145,6 +150,54 @@ def _use_kernel(op: str, device_type: str) -> bool:
             f"rebuild with `make setup` or unset {REQUIRE_EXT_ENV}"
         )
     return False
+
+
+_CPU_BLAS: str | None = None  # what use_cpu_blas chose, None until it has run
+
+
+def _torch_blas() -> str:
+    return "torch's MKL dgemm" if torch.backends.mkl.is_available() else "torch's BLAS dgemm"
+
+
+def use_cpu_blas(choice: str = "auto") -> str:
+    """Choose the BLAS of the CPU covariance kernel's float64 products; returns what it uses.
+
+    ``"auto"``: SciPy's OpenBLAS ``dsyrk`` (from ``scipy.linalg.cython_blas``, SciPy's public
+    BLAS API for compiled code) when SciPy has one whose thread count can be set, else torch's
+    own BLAS; ``"torch"``: torch's own BLAS. The first covariance update on CPU makes this
+    choice from ``MANIFOLDADV_CPU_BLAS`` (default ``auto``) unless it was made already.
+    While an update runs with SciPy's OpenBLAS, that library is single-threaded (process-wide;
+    restored afterwards).
+    """
+    global _CPU_BLAS
+    if choice not in CPU_BLAS_CHOICES:
+        raise UsageError(f"CPU BLAS must be one of {', '.join(CPU_BLAS_CHOICES)}, got {choice!r}")
+    if _C is None:
+        _CPU_BLAS = "none (no compiled extension)"
+        return _CPU_BLAS
+    why = "not asked for"
+    if choice == "auto":
+        try:
+            from scipy.linalg import cython_blas
+
+            why = _C.use_dsyrk(cython_blas.__pyx_capi__["dsyrk"])
+        except (ImportError, AttributeError, KeyError) as e:
+            why = f"SciPy's Cython BLAS is unavailable ({type(e).__name__}: {e})"
+        if not why:
+            _CPU_BLAS = f"SciPy's OpenBLAS dsyrk ({_C.dsyrk_info()[0]})"
+            return _CPU_BLAS
+    refused = _C.use_dsyrk(None)
+    if refused:  # an update holds the current choice
+        raise RuntimeError(f"cannot change the CPU BLAS now: {refused}")
+    _CPU_BLAS = f"{_torch_blas()} (SciPy's dsyrk: {why})"
+    return _CPU_BLAS
+
+
+def cpu_blas() -> str:
+    """What the CPU covariance kernel uses for its products (choosing it first if needed)."""
+    if _CPU_BLAS is None:
+        use_cpu_blas(os.environ.get(CPU_BLAS_ENV, "auto") or "auto")
+    return _CPU_BLAS
 
 
 def backends(device_types=("cpu", "cuda")) -> dict[str, dict[str, str]]:
@@ -441,6 +494,8 @@ class ClassCovariance:
 
     def _merge(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if _use_kernel("class_cov_update_", self.device.type):
+            if self.device.type == "cpu" and _CPU_BLAS is None:
+                cpu_blas()
             torch.ops.manifoldadv.class_cov_update_(
                 self._counts, self._means, self._m2, features.contiguous(), labels.contiguous()
             )

@@ -130,6 +130,29 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
+def scipy_has_openblas() -> bool:
+    import scipy
+
+    try:
+        return scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"].startswith("scipy-openblas")
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+@pytest.fixture(params=["torch", "scipy"])
+def cpu_blas(request):
+    """Runs a test once with torch's BLAS and once with SciPy's OpenBLAS dsyrk."""
+    if request.param == "scipy":
+        used = ops.use_cpu_blas("auto")
+        if not used.startswith("SciPy's OpenBLAS"):
+            assert not scipy_has_openblas(), used  # SciPy's wheels have it: it must be taken
+            pytest.skip(f"SciPy's dsyrk cannot be used here: {used}")
+    else:
+        assert ops.use_cpu_blas("torch").startswith("torch's")
+    yield request.param
+    ops.use_cpu_blas("auto")
+
+
 @needs_ext
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
@@ -144,7 +167,7 @@ def torch_threads():
         (96, 4000, [8, 1, 1]),
     ],
 )
-def test_class_parallel_and_serial_updates_match_np_cov(torch_threads, threads, d, n, weights):
+def test_class_parallel_and_serial_updates_match_np_cov(torch_threads, cpu_blas, threads, d, n, weights):
     torch_threads(threads)
     rng = np.random.default_rng(d + n)
     C = len(weights)
@@ -158,7 +181,7 @@ def test_class_parallel_and_serial_updates_match_np_cov(torch_threads, threads, 
 
 
 @needs_ext
-def test_update_under_inference_mode(torch_threads):
+def test_update_under_inference_mode(torch_threads, cpu_blas):
     """The class-parallel workers run without the caller's thread-local state."""
     torch_threads(2)
     X, y = data(5, 3000, 128, 4, offset=2.0)
@@ -166,6 +189,61 @@ def test_update_under_inference_mode(torch_threads):
         acc = ops.ClassCovariance(4, 128, buffer_rows=0).update(torch.from_numpy(X), torch.from_numpy(y))
         result = acc.finalize()
     assert_matches(result, np_truth(X, y, 4), rtol=1e-9)
+
+
+@needs_ext
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scipy_openblas_runs_single_threaded_during_updates_and_is_restored(torch_threads, threads):
+    """Overlapping updates from two Python threads (the op releases the GIL): while either runs
+    the shared OpenBLAS is single-threaded, after both it has its old thread count again, and
+    both results are right."""
+    if not ops.use_cpu_blas("auto").startswith("SciPy's OpenBLAS"):
+        assert not scipy_has_openblas()
+        pytest.skip("SciPy's dsyrk cannot be used here")
+    import threading
+
+    from manifoldadv import _C
+
+    torch_threads(threads)
+    before = _C.dsyrk_info()[1]
+    jobs = [data(10 + i, 30000, 256, 4, offset=3.0) for i in range(2)]
+    results = [None, None]
+
+    def run(i):
+        X, y = jobs[i]
+        results[i] = ops.ClassCovariance(4, 256, buffer_rows=0).update(torch.from_numpy(X), torch.from_numpy(y)).finalize()
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for w in workers:
+        w.start()
+    seen = set()
+    while any(w.is_alive() for w in workers):
+        seen.add(_C.dsyrk_info()[1])
+    for w in workers:
+        w.join()
+    assert _C.dsyrk_info()[1] == before
+    assert seen <= {1, before} and 1 in seen
+    for i in range(2):
+        assert_matches(results[i], np_truth(*jobs[i], 4), rtol=1e-9)
+
+
+@needs_ext
+def test_only_a_dsyrk_capsule_is_installed():
+    from scipy.linalg import cython_blas
+
+    from manifoldadv import _C
+
+    try:
+        why = _C.use_dsyrk(cython_blas.__pyx_capi__["dgemm"])
+        assert "not a Fortran dsyrk" in why
+        with pytest.raises(TypeError):
+            _C.use_dsyrk(42)
+        assert _C.use_dsyrk(None) == ""
+        assert _C.dsyrk_info() == (None, -1)
+    finally:
+        ops.use_cpu_blas("auto")
+    with pytest.raises(UsageError, match="CPU BLAS must be one of"):
+        ops.use_cpu_blas("mkl")
 
 
 @needs_ext

@@ -28,6 +28,7 @@ def collect() -> dict:
             and ops._has_kernel("pgd_step", "cuda"),
         },
         "backends": ops.backends(),
+        "cpu_covariance_blas": ops.cpu_blas(),
         "devices": devices,
         "cuda_available": torch.cuda.is_available(),
     }
@@ -54,5 +55,6 @@ def info(json_out: Json = False, seed: Seed = 0, device: DeviceOpt = Device.auto
     for op, per_dev in data["backends"].items():
         table.add_row(op, per_dev["cpu"], per_dev["cuda"])
     console.out.print(table)
+    console.out.print(f"CPU covariance products: {data['cpu_covariance_blas']}")
     for d in data["devices"]:
         console.out.print("device: " + ", ".join(f"{k}={val}" for k, val in d.items()))
