@@ -323,8 +323,8 @@ at::Tensor class_cov_finalize_cpu(const at::Tensor& counts, const at::Tensor& m2
   // Task (c, tile row bi) writes whole rows i in bi of the output, front to back: the upper part
   // (j >= i) from row i of M2, the lower part from column i of M2's upper triangle, read in
   // TxT tiles. Each task's writes are one contiguous stretch, so the output's first-touch page
-  // faults come in order on each thread (mirroring tile by tile wrote every page of the matrix
-  // from every task and measured 3x slower at d = 3072, all of it in the page faults).
+  // faults come in order on each thread (mirroring tile by tile made every task write into
+  // pages all over the matrix: 0.26-0.40 s at d = 3072, 10 classes, against 0.25-0.27 s now).
   constexpr int64_t T = 64;
   const int64_t nt = (d + T - 1) / T;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / (T * d));  // ~32k values a task
