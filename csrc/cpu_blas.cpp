@@ -38,10 +38,10 @@ struct Provider {
 // Providers are never freed: an install is rare and a running update may still hold the old one.
 std::atomic<const Provider*> g_provider{nullptr};
 
-std::mutex g_mu;               // guards the three below and every install
-int g_users = 0;               // live SingleThreadedOutsideBlas guards
-int g_saved_threads = 0;       // the provider's count before the first of them
-const Provider* g_guarded = nullptr;
+// Installs wait for g_users == 0, so every live guard has the provider installed now.
+std::mutex g_mu;          // guards the two below and every install
+int g_users = 0;          // live SingleThreadedOutsideBlas guards
+int g_saved_threads = 0;  // the provider's count before the first of them
 
 }  // namespace
 
@@ -113,7 +113,6 @@ SingleThreadedOutsideBlas::SingleThreadedOutsideBlas() {
   const Provider* p = g_provider.load();
   if (p == nullptr) return;
   if (g_users++ == 0) {
-    g_guarded = p;
     g_saved_threads = p->get_threads();
     if (g_saved_threads != 1) p->set_threads(1);
   }
@@ -123,7 +122,7 @@ SingleThreadedOutsideBlas::SingleThreadedOutsideBlas() {
 SingleThreadedOutsideBlas::~SingleThreadedOutsideBlas() {
   if (!active_) return;
   std::lock_guard<std::mutex> lock(g_mu);
-  if (--g_users == 0 && g_saved_threads != 1) g_guarded->set_threads(g_saved_threads);
+  if (--g_users == 0 && g_saved_threads != 1) g_provider.load()->set_threads(g_saved_threads);
 }
 
 }  // namespace manifoldadv::cpu

@@ -57,10 +57,9 @@ PyObject* use_dsyrk(PyObject*, PyObject* arg) {
 // _C.dsyrk_info() -> (description | None, threads): the installed dsyrk's library and its
 // current thread count (-1 when none is installed).
 PyObject* dsyrk_info(PyObject*, PyObject*) {
-  const std::string d = manifoldadv::cpu::outside_dsyrk_description();
-  const int threads = manifoldadv::cpu::outside_dsyrk_threads();
   if (manifoldadv::cpu::outside_dsyrk() == nullptr) return Py_BuildValue("(Oi)", Py_None, -1);
-  return Py_BuildValue("(si)", d.c_str(), threads);
+  const std::string d = manifoldadv::cpu::outside_dsyrk_description();
+  return Py_BuildValue("(si)", d.c_str(), manifoldadv::cpu::outside_dsyrk_threads());
 }
 
 PyMethodDef methods[] = {

@@ -27,7 +27,15 @@ from .errors import UsageError
 REGULAR = ("fgsm", "pgd", "l2", "l1", "pointwise", "l1-worst")
 LATENT = ("vae", "vae-pgd", "vae-l2")
 ATTACKS = ("clean",) + REGULAR + LATENT
-NORM_OF = {"fgsm": "linf", "pgd": "linf", "l2": "l2", "l1": "l1", "pointwise": "l1", "l1-worst": "l1", "vae": "linf", "vae-pgd": "linf", "vae-l2": "l2"}
+NORM_OF = {"fgsm": "linf", "pgd": "linf", "l2": "l2", "l1": "l1", "pointwise": "l1", "l1-worst": "l1",
+           "vae": "linf", "vae-pgd": "linf", "vae-l2": "l2"}
+
+
+def eps_option(name: str, *, linf=None, l2=None, l1=None, latent=None):
+    """Which of the per-norm eps options (None: the data set's default) sets attack `name`'s budget."""
+    if name in LATENT:
+        return latent
+    return {"linf": linf, "l2": l2, "l1": l1}.get(NORM_OF.get(name))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, console, models
-from .attacks import AttackSpec, make_spec, perturb, with_overrides
+from .attacks import AttackSpec, eps_option, make_spec, perturb, with_overrides
 from .config import defaults
 from .data import Dataset
 from .errors import CheckpointError, UsageError
@@ -124,11 +124,11 @@ def resolve_config(
     model = model or d.model
     if models.spec(model).kind != "classifier":
         raise UsageError(f"mode {mode} trains a classifier; {model!r} is a {models.spec(model).kind}")
-    eps_for = {"fgsm": eps, "pgd": eps, "l2": l2_eps, "l1": l1_eps, "vae": latent_eps}
     specs = []
     for name in MODES[mode]:
         latent_attack = name == "vae"
-        specs.append(make_spec(name, data, train=True, eps=eps_for[name],
+        specs.append(make_spec(name, data, train=True,
+                               eps=eps_option(name, linf=eps, l2=l2_eps, l1=l1_eps, latent=latent_eps),
                                steps=None if latent_attack else steps,
                                step_size=None if latent_attack else step_size).as_dict())
     clean_weight = DEFAULT_CLEAN_WEIGHT.get(mode, 0.0) if clean_weight is None else clean_weight

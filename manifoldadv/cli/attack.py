@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .. import checkpoint, console
-from ..attacks import ATTACKS, LATENT, make_spec, with_overrides
+from ..attacks import ATTACKS, LATENT, eps_option, make_spec, with_overrides
 from ..config import defaults
 from ..errors import UsageError
 from ..evaluate import attack_accuracy
@@ -34,9 +34,6 @@ def column_label(meta: dict, path: Path) -> str:
 def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None, eps=None, l1_eps=None,
                l2_eps=None, latent_eps=None, steps=None, step_size=None, restarts=None, batch_size=None, seed=0):
     """Evaluate every checkpoint under every attack; returns the JSON rows."""
-    eps_for = {"fgsm": eps, "pgd": eps, "l2": l2_eps, "l1": l1_eps, "pointwise": l1_eps, "l1-worst": l1_eps,
-               "vae": latent_eps, "vae-pgd": latent_eps,
-               "vae-l2": latent_eps}
     bs = batch_size or defaults(ds.name).eval_batch_size
     rows = []
     for path in paths:
@@ -44,7 +41,8 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
         if meta["dataset"] != ds.name:
             raise UsageError(f"{path} was trained on {meta['dataset']}, not {ds.name}")
         for name in attack_names:
-            spec = make_spec(name, ds.name, eps=eps_for.get(name), restarts=restarts,
+            spec = make_spec(name, ds.name, restarts=restarts,
+                             eps=eps_option(name, linf=eps, l2=l2_eps, l1=l1_eps, latent=latent_eps),
                              steps=None if name in ("clean", "fgsm", "vae") else steps)
             if step_size is not None and name not in ("clean", "fgsm", "vae"):
                 spec = with_overrides(spec, step_size=step_size)
