@@ -91,7 +91,8 @@ void centred_transpose(const scalar_t* X, int64_t d, const int64_t* rows, int64_
 // multiply-adds): plain dot products of the contiguous rows of Yt, on the calling thread. MKL would otherwise start
 // its thread team for each tiny GEMM of a stream of small batches, and on a busy machine every
 // such start waits for a descheduled thread.
-void upper_gram_small_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K) {
+void upper_gram_small_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K,
+                       bool accumulate) {
   for (int64_t i = 0; i < d; ++i) {
     const double* yi = yt + i * ld;
     for (int64_t j = i; j < d; ++j) {
@@ -103,7 +104,7 @@ void upper_gram_small_(double* m2c, int64_t d, const double* yt, int64_t ld, int
         s1 += yi[r + 1] * yj[r + 1];
       }
       if (r < K) s0 += yi[r] * yj[r];
-      m2c[i * d + j] += s0 + s1;
+      m2c[i * d + j] = (accumulate ? m2c[i * d + j] : 0.0) + s0 + s1;
     }
   }
 }
@@ -129,16 +130,18 @@ struct GramPath {
   dsyrk_t dsyrk = nullptr;
 };
 
-// M2 (row-major [d, d], row stride d) += Yt Yt^T on the upper triangle. With path.dsyrk, one
+// M2 (row-major [d, d], row stride d) += Yt Yt^T on the upper triangle (= Yt Yt^T when not
+// accumulate: the BLAS calls get beta = 0 and never read M2). With path.dsyrk, one
 // call: row-major upper is column-major lower, and Yt row-major [d, ld] is column-major [ld, d],
 // so it is dsyrk("L", "T") of the first K rows. Otherwise by row blocks,
 // M2[i0:i1, i0:d] += Yt[i0:i1] Yt[i0:d]^T: BLAS dgemm directly on a worker, else at::addmm_,
 // whose BLAS uses every thread.
-void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K, GramPath path) {
-  const double one = 1.0;
+void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K, GramPath path,
+                 bool accumulate) {
+  const double one = 1.0, beta = accumulate ? 1.0 : 0.0;
   const int ik = static_cast<int>(K), ild = static_cast<int>(ld), ildc = static_cast<int>(d);
   if (path.dsyrk != nullptr) {
-    path.dsyrk("L", "T", &ildc, &ik, &one, yt, &ild, &one, m2c, &ildc);
+    path.dsyrk("L", "T", &ildc, &ik, &one, yt, &ild, &beta, m2c, &ildc);
     return;
   }
   const bool on_worker = path.on_worker;
@@ -155,11 +158,11 @@ void upper_gram_(double* m2c, int64_t d, const double* yt, int64_t ld, int64_t K
       // Row-major C = M2[i0:i0+h, i0:d] is the column-major [w, h] matrix C^T = B A^T, with
       // B = Yt[i0:d] and A = Yt[i0:i0+h] row-major [., K], i.e. column-major [K, .].
       const int ih = static_cast<int>(h), iw = static_cast<int>(d - i0);
-      dgemm_("T", "N", &iw, &ih, &ik, &one, yt + i0 * ld, &ild, yt + i0 * ld, &ild, &one,
+      dgemm_("T", "N", &iw, &ih, &ik, &one, yt + i0 * ld, &ild, yt + i0 * ld, &ild, &beta,
              m2c + i0 * d + i0, &ildc);
     } else {
       at::Tensor out = M.narrow(0, i0, h).narrow(1, i0, d - i0);
-      out.addmm_(Y.narrow(0, i0, h), Y.narrow(0, i0, d - i0).t());
+      out.addmm_(Y.narrow(0, i0, h), Y.narrow(0, i0, d - i0).t(), beta, 1.0);
     }
   }
 }
@@ -185,10 +188,13 @@ void merge_class(int64_t c, const scalar_t* x, int64_t d, const int64_t* rows, i
                                  static_cast<double>(n));
       for (int64_t j = 0; j < d; ++j) buf[j * ld + nb] = w * (mb[j] - muc[j]);
     }
+    // A class's first chunk overwrites its M2 block, so a fresh state needs no zeroed M2
+    // (ClassCovariance allocates it empty: its upper triangle is first touched here, by the thread
+    // that owns the class, and the lower triangle never).
     if (d * d * K <= (int64_t{1} << 21)) {
-      upper_gram_small_(m2p, d, buf, ld, K);
+      upper_gram_small_(m2p, d, buf, ld, K, na > 0);
     } else {
-      upper_gram_(m2p, d, buf, ld, K, path);
+      upper_gram_(m2p, d, buf, ld, K, path, na > 0);
     }
     const double f = static_cast<double>(nb) / static_cast<double>(n);
     for (int64_t j = 0; j < d; ++j) muc[j] += (mb[j] - muc[j]) * f;

@@ -180,6 +180,39 @@ def test_class_parallel_and_serial_updates_match_np_cov(torch_threads, cpu_blas,
     assert_matches(acc.finalize(), np_truth(X, y, C), rtol=1e-9)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "d, weights",
+    [
+        (12, [1, 1, 1, 1]),  # products below the BLAS threshold: plain dot products
+        (300, [1, 1, 1, 1]),  # class-parallel BLAS with 2 threads
+        (300, [6, 1, 1, 1]),  # one class at a time, BLAS threads inside each product
+    ],
+)
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_first_merge_of_a_class_does_not_read_its_m2_block(torch_threads, cpu_blas, threads, d, weights, impl):
+    """ClassCovariance allocates m2 uninitialised: a class's first merge must overwrite its block
+    (BLAS beta = 0), never add to it. NaN-filled state shows any read; class 3 first appears in
+    the second update, after the others already hold state."""
+    if impl == "kernel" and not ops.extension_loaded():
+        pytest.skip("extension not built")
+    torch_threads(threads)
+    rng = np.random.default_rng(d)
+    C, n = len(weights), 6000
+    y = rng.choice(C, size=n, p=np.array(weights) / sum(weights))
+    X = (50.0 + rng.normal(size=(n, d)) * rng.uniform(0.1, 2.0, d)).astype(np.float32)
+    half = n // 2
+    y[:half][y[:half] == 3] = 0
+    counts = torch.zeros(C, dtype=torch.int64)
+    means = torch.zeros(C, d, dtype=torch.float64)
+    m2 = torch.full((C, d, d), float("nan"), dtype=torch.float64)
+    update = UPDATE if impl == "kernel" else ops.class_cov_update_reference
+    finalize = FINALIZE if impl == "kernel" else ops.class_cov_finalize_reference
+    for sl in (slice(0, half), slice(half, n)):
+        update(counts, means, m2, torch.from_numpy(X[sl]), torch.from_numpy(y[sl]))
+    assert_matches((counts, means, finalize(counts, m2)), np_truth(X, y, C), rtol=1e-9)
+
+
 @needs_ext
 def test_update_under_inference_mode(torch_threads, cpu_blas):
     """The class-parallel workers run without the caller's thread-local state."""

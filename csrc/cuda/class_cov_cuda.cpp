@@ -97,7 +97,8 @@ void class_cov_update_cuda(at::Tensor& counts, at::Tensor& means, at::Tensor& m2
       for (int64_t i0 = 0; i0 < d; i0 += bs) {
         const int64_t h = std::min(bs, d - i0);
         at::Tensor out = m2c.narrow(0, i0, h).narrow(1, i0, d - i0);
-        out.addmm_(Yt.narrow(0, i0, h), Yt.narrow(0, i0, d - i0).t());
+        // beta = 0 for the class's first chunk: its M2 block is not read (see ops.py)
+        out.addmm_(Yt.narrow(0, i0, h), Yt.narrow(0, i0, d - i0).t(), na > 0 ? 1.0 : 0.0, 1.0);
       }
       C10_CUDA_CHECK(launch_mean_update(mean_c, mb.const_data_ptr<double>(), d,
                                         static_cast<double>(nb) / static_cast<double>(n), stream));
