@@ -61,6 +61,23 @@ class AttackSpec:
         return d
 
 
+def describe(spec: dict, *, step_size: bool = False) -> str:
+    """One line naming an attack and its budget, from `AttackSpec.as_dict()` (or an evaluation
+    row holding it): "pgd (linf eps 0.2, 40 steps)"; `step_size` adds the step."""
+    name = spec["name"]
+    if name == "clean":
+        return name
+    budget = f"{'latent ' if spec.get('space') == 'latent' else ''}{spec['norm']} eps {spec['eps']:g}"
+    if name == "pointwise":  # gradient-free: restarts, no steps
+        return f"{name} ({budget}, gradient-free, {spec['restarts']} restarts)"
+    steps = f"{spec['steps']} step{'' if spec['steps'] == 1 else 's'}"
+    if step_size:
+        steps += f" of {spec['step_size']:.4g}"
+    extra = " + pointwise on what SLIDE leaves" if name == "l1-worst" else ""
+    restarts = f", {spec['restarts']} restarts" if spec.get("restarts", 1) > 1 else ""
+    return f"{name} ({budget}, {steps}{restarts}{extra})"
+
+
 POINTWISE_RESTARTS = 5  # on MNIST l-inf-adv, 1 / 3 / 5 restarts: 25.3 / 11.0 / 6.7 % l1 accuracy (300 images)
 
 
@@ -178,8 +195,11 @@ def _ce(model, y):
 
 
 def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=None,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Adversarial images for (x, y) against `model` under `spec` (in [0, 1])."""
+            generator: torch.Generator | None = None, record: dict | None = None) -> torch.Tensor:
+    """Adversarial images for (x, y) against `model` under `spec` (in [0, 1]).
+
+    record: for `l1-worst`, gets "slide_correct", how many samples SLIDE alone left correctly
+    classified (the plain `l1` attack's count, so one run gives both accuracies)."""
     if spec.name == "clean":
         return x
     with ExitStack() as stack:
@@ -191,6 +211,8 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
             if spec.name == "l1-worst":
                 with torch.no_grad():
                     left = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)
+                if record is not None:
+                    record["slide_correct"] = len(left)
                 if len(left):
                     # the generator goes back to where SLIDE left it, so that the next batch's
                     # SLIDE is the plain `l1` attack's and `l1-worst` fools a superset of it

@@ -31,15 +31,18 @@ def clean_accuracy(model, split, *, device, batch_size: int = 1000) -> float:
 def attack_accuracy(model, split, spec: AttackSpec, *, device, batch_size: int = 500, cvae=None,
                     seed: int = 0, label: str = "") -> dict:
     """Accuracy under `spec`; latent attacks also report accuracy on the clean reconstructions
-    G_y(I_y(x)), which separates the attack's effect from reconstruction error."""
+    G_y(I_y(x)), which separates the attack's effect from reconstruction error; `l1-worst` also
+    reports SLIDE's accuracy alone (`slide_accuracy`, equal to the `l1` attack's)."""
     gen = make_generator(device, seed)
-    correct = recon_correct = 0
+    correct = recon_correct = slide_correct = 0
+    record = {}
     n = len(split)
     with console.progress() as bar:
         task = bar.add_task(f"{label or spec.name}", total=n, status="")
         for sl in batches(n, batch_size):
             x, y = split.images(sl).to(device), split.y[sl].to(device)
-            x_adv = perturb(model, x, y, spec, cvae=cvae, generator=gen)
+            x_adv = perturb(model, x, y, spec, cvae=cvae, generator=gen, record=record)
+            slide_correct += record.pop("slide_correct", 0)
             with frozen(model), torch.no_grad():
                 correct += int((model(x_adv).argmax(1) == y).sum())
                 if spec.space == "latent":
@@ -48,4 +51,6 @@ def attack_accuracy(model, split, spec: AttackSpec, *, device, batch_size: int =
     out = {"accuracy": correct / max(n, 1), "n": n}
     if spec.space == "latent":
         out["recon_accuracy"] = recon_correct / max(n, 1)
+    if spec.name == "l1-worst":
+        out["slide_accuracy"] = slide_correct / max(n, 1)
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import console, paper, report
+from .attacks import describe
 from .checkpoint import atomic_write_text, load
 from .data import Dataset
 from .runtime import versions
@@ -150,13 +151,6 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _attack_line(e: dict) -> str:
-    if e["attack"] == "pointwise":
-        return f"pointwise: l1 eps {e['eps']:g}, gradient-free, {e['restarts']} restarts"
-    line = f"{e['attack']}: {e['norm']} eps {e['eps']:g}, {e['steps']} steps of {e['step_size']:.4g}"
-    return line + (" (SLIDE), then the pointwise attack on what SLIDE leaves" if e["attack"] == "l1-worst" else "")
-
-
 def render(r: dict) -> str:
     data = r["data"]
     quick = " (QUICK smoke run: short schedules and subsets, not the paper's settings)" if r["quick"] else ""
@@ -222,12 +216,11 @@ def render(r: dict) -> str:
     for mode, m in r["models"].items():
         hp = m["hparams"]
         acc = report.pct(m["clean_accuracy"]) if "clean_accuracy" in m else f"{m.get('test_nelbo') or float('nan'):.2f} nats"
-        attacks = "; ".join(f"{a['name']} {a['norm']} eps {a['eps']:g} x{a['steps']} step {a['step_size']:.4g}"
-                            for a in hp.get("attacks", []))
+        attacks = "; ".join(describe(a, step_size=True) for a in hp.get("attacks", []))
         settings = (f"{hp['model']}, batch {hp['batch_size']}, lr {hp['lr']:g}, wd {hp['weight_decay']:g}"
                     + (f", adversarial from epoch {hp['adv_start'] + 1}: {attacks}" if attacks else "")
                     + (f", strategy {hp['strategy']}" if mode in ("joint", "joint-lp") else ""))
         lines.append(f"| {mode} | {m['epochs']} | {acc} | {_hms(m['train_seconds'])} | {settings} |")
     lines += ["", "Evaluation attacks: "
-              + "; ".join(sorted({_attack_line(e) for e in r["evaluations"] if e["attack"] != "clean"})) + ".", ""]
+              + "; ".join(sorted({describe(e, step_size=True) for e in r["evaluations"] if e["attack"] != "clean"})) + ".", ""]
     return "\n".join(lines)

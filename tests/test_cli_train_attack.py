@@ -110,6 +110,7 @@ def test_attack_matrix_json_and_table(tmp_path, cvae_path):
     assert {r["restarts"] for r in doc["results"] if r["attack"] == "pointwise"} == {5}
     assert all(r["eps"] == 3.0 and r["norm"] == "l1" for r in doc["results"])
     assert acc["l1-worst"] <= acc["l1"]  # SLIDE's examples kept, pointwise's added
+    assert next(r for r in doc["results"] if r["attack"] == "l1-worst")["slide_accuracy"] == acc["l1"]
 
 
 def test_bad_arguments_exit_2(tmp_path):

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from manifoldadv.attacks import make_spec, perturb
+from manifoldadv.data import Split
+from manifoldadv.evaluate import attack_accuracy
 from manifoldadv.pointwise import pointwise
 
 
@@ -139,6 +141,21 @@ def test_worst_case_is_never_weaker_than_slide(restarts):
     assert float((xw - x).flatten(1).abs().sum(1).max()) <= 3.0 + 1e-5
     assert float(xw.min()) >= 0 and float(xw.max()) <= 1
     assert bool(torch.equal(xw[(~ok_s)], out["l1"][~ok_s]))  # SLIDE's own examples, unchanged
+
+
+def test_evaluation_reports_slide_alone_from_the_worst_case_run():
+    """attack_accuracy under `l1-worst` also counts what SLIDE alone left correct: exactly the
+    plain `l1` attack's accuracy over the same batches and seed, so Table 2 needs one run."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    split = Split(torch.rand(90, 1, 6, 6, generator=torch.Generator().manual_seed(7)),
+                  torch.randint(0, 4, (90,), generator=torch.Generator().manual_seed(8)))
+    kw = dict(eps=3.0, steps=10)
+    res = {name: attack_accuracy(model, split, make_spec(name, "synthetic", **kw), device="cpu", batch_size=30, seed=3)
+           for name in ("l1", "l1-worst")}
+    assert "slide_accuracy" not in res["l1"]
+    assert res["l1-worst"]["slide_accuracy"] == res["l1"]["accuracy"]
+    assert res["l1-worst"]["accuracy"] < res["l1"]["accuracy"]  # the pointwise attack added some
 
 
 def test_pointwise_spec_defaults():

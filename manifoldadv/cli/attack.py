@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .. import checkpoint, console
-from ..attacks import ATTACKS, LATENT, eps_option, make_spec, with_overrides
+from ..attacks import ATTACKS, LATENT, describe, eps_option, make_spec, with_overrides
 from ..config import defaults
 from ..errors import UsageError
 from ..evaluate import attack_accuracy
@@ -48,24 +48,13 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
                 spec = with_overrides(spec, step_size=step_size)
             res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
                                   label=f"{column_label(meta, Path(path))} / {name}")
-            row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name,
-                   "norm": spec.norm, "eps": spec.eps, "steps": spec.steps, "step_size": spec.step_size,
-                   "restarts": spec.restarts, "space": spec.space, **res}
+            # the same row as `reproduce` keeps for each evaluation
+            row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name, **spec.as_dict(), **res}
             if spec.space == "latent":
                 row["cvae"] = str(cvae_path)
             rows.append(row)
             console.log(f"{path}: {name} accuracy {res['accuracy']:.2%}")
     return rows
-
-
-def _describe(name: str, spec: dict) -> str:
-    if name == "clean":
-        return name
-    budget = f"{spec['norm']} eps {spec['eps']:g}"
-    if name == "pointwise":  # gradient-free: restarts, no steps
-        return f"{name} ({budget}, {spec['restarts']} restarts)"
-    extra = " + pointwise" if name == "l1-worst" else ""
-    return f"{name} ({budget}, {spec['steps']} steps{extra})"
 
 
 def render(rows, paths) -> Table:
@@ -86,7 +75,7 @@ def render(rows, paths) -> Table:
                 cell += f" (recon {r['recon_accuracy']:.1%})"
             cells.append(cell)
         spec = next(r for r in rows if r["attack"] == name)
-        table.add_row(_describe(name, spec), *cells)
+        table.add_row(describe(spec), *cells)
     return table
 
 
