@@ -98,7 +98,9 @@ def spectra_md(summary: list[dict], top: int) -> str:
 
 def theory_md(rows: list[dict]) -> str:
     n_pass = sum(r["passed"] for r in rows)
-    body = [[r["check"], r["case"], f"{r['error']:.3g}", f"{r['tolerance']:.3g} ({r['kind']})",
+    # results.json stores non-finite numbers as null (strict JSON): a rejected paper form has z = inf
+    body = [[r["check"], r["case"], "non-finite" if r["error"] is None else f"{r['error']:.3g}",
+             f"{r['tolerance']:.3g} ({r['kind']})",
              "pass" if r["passed"] else "FAIL"] for r in rows]
     return f"{n_pass}/{len(rows)} checks pass.\n\n" + _md_table(["check", "spectrum", "error", "tolerance", ""], body)
 

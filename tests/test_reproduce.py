@@ -33,6 +33,19 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert t["drops"]["joint"]["vae"] == pytest.approx(t["gen"]["vae"]["vae"] - t["gen"]["vae"]["joint"])
 
 
+def test_theory_table_renders_from_strict_json():
+    """results.json writes inf (the z of a rejected paper form) as null; the report reads it back."""
+    from manifoldadv import console, report
+
+    rows = [{"check": "Thm 2: paper's form rejected", "case": "toy", "error": float("inf"), "tolerance": 4.0,
+             "kind": "z>", "passed": True},
+            {"check": "Thm 6", "case": "toy", "error": 0.0123, "tolerance": 0.03, "kind": "rel", "passed": True}]
+    stored = json.loads(json.dumps(console.to_jsonable(rows), allow_nan=False))
+    assert stored[0]["error"] is None
+    md = report.theory_md(stored)
+    assert "2/2 checks pass" in md and "| non-finite | 4 (z>) |" in md and "| 0.0123 | 0.03 (rel) |" in md
+
+
 def test_reproduce_resumes_after_a_kill(tmp_path, monkeypatch):
     run = tmp_path / "run"
     real_save, real_train = checkpoint.save, training.train
