@@ -10,7 +10,8 @@ against a float64 per-class numpy np.cov loop and numpy's float64 X.T @ X over t
 
 Every number is a ratio taken within one run: the variants of one row are timed round-robin
 (so load changes hit them alike), after warm-up, median of the repeats, and the inputs rotate
-over enough distinct sets (>= 96 MiB together) that no variant reads them from cache.
+over enough distinct sets (>= 96 MiB together) that no variant reads them from cache. The
+covariance half runs first (see main).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ CLOCK = time.perf_counter
 
 
 def timed_round_robin(variants, *, budget_s, min_reps, max_reps, warmup=2, settle_s=0.0):
-    """Median seconds per call of each variant; variants are callables taking a rotation index.
+    """(median seconds per call, number of calls, the timings in order) for each variant; variants
+    are callables taking a rotation index.
 
     settle_s: an untimed pause before each timed call. The covariance variants come from two
     thread runtimes (torch's OpenMP, numpy's OpenBLAS pthreads) whose idle threads keep spinning
@@ -99,7 +101,7 @@ def timed_round_robin(variants, *, budget_s, min_reps, max_reps, warmup=2, settl
                 fn(i)
                 times[name].append(CLOCK() - t0)
         i += 1
-    return {k: statistics.median(v) for k, v in times.items()}, {k: len(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, {k: len(v) for k, v in times.items()}, times
 
 
 # ------------------------------------------------------------------------------ pgd_step
@@ -188,7 +190,7 @@ def bench_pgd(sizes, norms, *, quick, use_compile, log):
                 except Exception as exc:  # report the row as unavailable, with the reason
                     row_note = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             budget = 0.3 if quick else 1.5
-            med, reps = timed_round_robin(variants, budget_s=budget, min_reps=3, max_reps=15 if quick else 40)
+            med, reps, _ = timed_round_robin(variants, budget_s=budget, min_reps=3, max_reps=15 if quick else 40)
             row = {
                 "norm": norm,
                 "shape": list(shape),
@@ -251,7 +253,7 @@ def bench_threads(norms, shape, *, quick, log):
                     torch.set_num_threads(nthreads)
             return f
 
-        med, _ = timed_round_robin({"1": at(1), str(nthreads): at(nthreads)}, budget_s=0.5 if quick else 2.0,
+        med, _, _ = timed_round_robin({"1": at(1), str(nthreads): at(nthreads)}, budget_s=0.5 if quick else 2.0,
                                    min_reps=3, max_reps=40)
         row = {
             "norm": norm, "shape": list(shape), "threads": nthreads,
@@ -291,13 +293,14 @@ def bench_cov(dims, n_rows, *, quick, log):
             return X64.T @ X64
 
         variants = {"fused": fused, "np_cov_loop": npcov, "XtX": limit}
-        med, reps = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 5, max_reps=5, warmup=1,
+        med, reps, samples = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 5, max_reps=5, warmup=1,
                                       settle_s=SETTLE_S)
         _, _, cov = fused(0)
         ref = npcov(0)
         err = max(float(np.abs(cov[c].numpy() - ref[c]).max() / np.abs(ref[c]).max()) for c in range(C))
         row = {
             "d": d, "rows": n_rows, "classes": C, "s": med, "reps": reps,
+            "samples_s": {k: [round(t, 4) for t in v] for k, v in samples.items()},  # in timing order
             "np_cov_over_fused": med["np_cov_loop"] / med["fused"],
             "fused_over_limit": med["fused"] / med["XtX"],
             "max_rel_err_vs_np_cov": err,
@@ -491,12 +494,16 @@ def main(argv=None):
            "command": " ".join([Path(sys.executable).name] + sys.argv), "pgd_step": [], "threads": [],
            "covariance": []}
     sizes = SIZES[:1] + SIZES[-1:] if a.quick else SIZES
+    # The covariance half first, while the process holds nothing but its imports. Its variants
+    # allocate 1.5-2.2 GB of fresh memory per call, and what that costs on this VM depends on what
+    # else holds memory: beside an idle process holding the pgd half's 1.3 GB the fused op took
+    # 6.7-7.0 s and the np.cov loop 7.6-7.9 s at d = 3072, alone 6.0-6.1 s and 8.5-8.9 s.
+    if a.only in (None, "cov"):
+        res["covariance"] = bench_cov([784, 3072], 12_000 if a.quick else 60_000, quick=a.quick, log=log)
     if a.only in (None, "pgd"):
         res["pgd_step"] = bench_pgd(sizes, list(NORMS), quick=a.quick, use_compile=not a.no_compile, log=log)
         if torch.get_num_threads() > 1:
             res["threads"] = bench_threads(list(NORMS), SIZES[-1], quick=a.quick, log=log)
-    if a.only in (None, "cov"):
-        res["covariance"] = bench_cov([784, 3072], 12_000 if a.quick else 60_000, quick=a.quick, log=log)
     res["targets"] = evaluate_targets(res)
     res["loadavg_end"] = os.getloadavg()
     res["seconds"] = time.time() - t0
