@@ -74,8 +74,8 @@ CLOCK = time.perf_counter
 
 
 def timed_round_robin(variants, *, budget_s, min_reps, max_reps, warmup=2, settle_s=0.0):
-    """(median seconds per call, number of calls, the timings in order) for each variant; variants
-    are callables taking a rotation index.
+    """Seconds of each timed call, in order, for each variant; variants are callables taking a
+    rotation index.
 
     settle_s: an untimed pause before each timed call. The covariance variants come from two
     thread runtimes (torch's OpenMP, numpy's OpenBLAS pthreads) whose idle threads keep spinning
@@ -101,7 +101,11 @@ def timed_round_robin(variants, *, budget_s, min_reps, max_reps, warmup=2, settl
                 fn(i)
                 times[name].append(CLOCK() - t0)
         i += 1
-    return {k: statistics.median(v) for k, v in times.items()}, {k: len(v) for k, v in times.items()}, times
+    return times
+
+
+def medians(times):
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # ------------------------------------------------------------------------------ pgd_step
@@ -190,13 +194,14 @@ def bench_pgd(sizes, norms, *, quick, use_compile, log):
                 except Exception as exc:  # report the row as unavailable, with the reason
                     row_note = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             budget = 0.3 if quick else 1.5
-            med, reps, _ = timed_round_robin(variants, budget_s=budget, min_reps=3, max_reps=15 if quick else 40)
+            times = timed_round_robin(variants, budget_s=budget, min_reps=3, max_reps=15 if quick else 40)
+            med = medians(times)
             row = {
                 "norm": norm,
                 "shape": list(shape),
                 "sets": n_sets,
                 "ms": {k: v * 1e3 for k, v in med.items()},
-                "reps": reps,
+                "reps": {k: len(v) for k, v in times.items()},
                 "max_abs_err_vs_reference": max_err,
                 "speedup_eager": med["eager"] / med["fused"],
                 "speedup_compiled": (med["compiled"] / med["fused"]) if "compiled" in med else None,
@@ -253,8 +258,8 @@ def bench_threads(norms, shape, *, quick, log):
                     torch.set_num_threads(nthreads)
             return f
 
-        med, _, _ = timed_round_robin({"1": at(1), str(nthreads): at(nthreads)}, budget_s=0.5 if quick else 2.0,
-                                   min_reps=3, max_reps=40)
+        med = medians(timed_round_robin({"1": at(1), str(nthreads): at(nthreads)}, budget_s=0.5 if quick else 2.0,
+                                        min_reps=3, max_reps=40))
         row = {
             "norm": norm, "shape": list(shape), "threads": nthreads,
             "busiest_thread_cpu_s": busy, "wall_s": wall,
@@ -293,14 +298,15 @@ def bench_cov(dims, n_rows, *, quick, log):
             return X64.T @ X64
 
         variants = {"fused": fused, "np_cov_loop": npcov, "XtX": limit}
-        med, reps, samples = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 5, max_reps=5, warmup=1,
-                                      settle_s=SETTLE_S)
+        times = timed_round_robin(variants, budget_s=0.0, min_reps=2 if quick else 5, max_reps=5, warmup=1,
+                                  settle_s=SETTLE_S)
+        med = medians(times)
         _, _, cov = fused(0)
         ref = npcov(0)
         err = max(float(np.abs(cov[c].numpy() - ref[c]).max() / np.abs(ref[c]).max()) for c in range(C))
         row = {
-            "d": d, "rows": n_rows, "classes": C, "s": med, "reps": reps,
-            "samples_s": {k: [round(t, 4) for t in v] for k, v in samples.items()},  # in timing order
+            "d": d, "rows": n_rows, "classes": C, "s": med, "reps": {k: len(v) for k, v in times.items()},
+            "samples_s": {k: [round(t, 4) for t in v] for k, v in times.items()},  # in timing order
             "np_cov_over_fused": med["np_cov_loop"] / med["fused"],
             "fused_over_limit": med["fused"] / med["XtX"],
             "max_rel_err_vs_np_cov": err,

@@ -41,10 +41,11 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
         if meta["dataset"] != ds.name:
             raise UsageError(f"{path} was trained on {meta['dataset']}, not {ds.name}")
         for name in attack_names:
+            one_step = name in ("clean", "fgsm", "vae")  # their steps and step size are fixed
             spec = make_spec(name, ds.name, restarts=restarts,
                              eps=eps_option(name, linf=eps, l2=l2_eps, l1=l1_eps, latent=latent_eps),
-                             steps=None if name in ("clean", "fgsm", "vae") else steps)
-            if step_size is not None and name not in ("clean", "fgsm", "vae"):
+                             steps=None if one_step else steps)
+            if step_size is not None and not one_step:
                 spec = with_overrides(spec, step_size=step_size)
             res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
                                   label=f"{column_label(meta, Path(path))} / {name}")
