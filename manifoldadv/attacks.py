@@ -199,7 +199,8 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
     """Adversarial images for (x, y) against `model` under `spec` (in [0, 1]).
 
     record: for `l1-worst`, gets "slide_correct", how many samples SLIDE alone left correctly
-    classified (the plain `l1` attack's count, so one run gives both accuracies)."""
+    classified (the plain `l1` attack's count, so one run gives both accuracies); for a latent
+    attack, "origin", the reconstructions G_y(I_y(x)) the perturbation starts from."""
     if spec.name == "clean":
         return x
     with ExitStack() as stack:
@@ -223,8 +224,10 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
                         generator.set_state(state)
                     x_adv[left[fooled]] = x_pw[fooled]
             return x_adv
-        _, z = latent_search(model, cvae, x, y, spec, generator=generator)
+        z0, z = latent_search(model, cvae, x, y, spec, generator=generator)
         with torch.no_grad():
+            if record is not None:
+                record["origin"] = cvae.decode_mean(z0, y)
             return cvae.decode_mean(z, y)
 
 

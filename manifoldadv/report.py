@@ -86,14 +86,18 @@ def drops_md(tradeoff: dict, data: str) -> str:
 
 
 def spectra_md(summary: list[dict], top: int) -> str:
-    sets = list(dict.fromkeys(r["set"] for r in summary))
+    pairs = list(dict.fromkeys((r["set"], r.get("reference", "clean")) for r in summary))
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None else ""  # noqa: E731
     rows = []
-    for s in sets:
-        rs = [r for r in summary if r["set"] == s]
+    for s, ref in pairs:
+        rs = [r for r in summary if (r["set"], r.get("reference", "clean")) == (s, ref)]
         gm = lambda k: math.exp(sum(math.log(r[k]) for r in rs) / len(rs))  # noqa: E731
-        rows.append([s, "all (geometric mean)", f"{gm('top_ratio'):.3g}", f"{gm('tail_ratio'):.3g}"])
-        rows += [["", str(r["class"]), f"{r['top_ratio']:.3g}", f"{r['tail_ratio']:.3g}"] for r in rs]
-    return _md_table(["robust set", "class", f"top-{top} ratio", "tail ratio"], rows)
+        energy = [r["top_energy"] for r in rs if "top_energy" in r]
+        rows.append([s, ref, "all (geometric mean; energy: mean)", f"{gm('top_ratio'):.3g}", f"{gm('tail_ratio'):.3g}",
+                     pct(sum(energy) / len(energy) if energy else None)])
+        rows += [["", "", str(r["class"]), f"{r['top_ratio']:.3g}", f"{r['tail_ratio']:.3g}", pct(r.get("top_energy"))]
+                 for r in rs]
+    return _md_table(["set", "against", "class", f"top-{top} ratio", "tail ratio", f"perturbation in top {top}"], rows)
 
 
 def theory_md(rows: list[dict]) -> str:

@@ -11,6 +11,12 @@ the tail (the remaining d - 30). Eigenvalues are floored at `floor_rel * lambda_
 before dividing, so zero (or rounding-noise) eigenvalues of data that lie exactly on a manifold
 don't divide by zero; the average is geometric (the mean of log-ratios), because the tail
 spans many decades.
+
+A latent-attack set can also be compared with the CVAE's reconstructions G_y(I_y(x)), the
+points the attack starts from. Lemma 1 of the paper writes a latent adversarial example as
+x0 + W dz with x0 drawn from D', the encode-decode image of D: robust/clean is then the
+change of distribution D -> D' times the perturbation's effect, and robust/reconstruction
+is the perturbation's effect alone.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from pathlib import Path
 
 from . import checkpoint, console, ops
-from .attacks import AttackSpec, make_spec, perturb
+from .attacks import make_spec, perturb, reconstruct
 from .errors import UsageError
 from .evaluate import batches, make_generator
 
@@ -38,6 +44,8 @@ class SetSpectrum:
     attack: str
     counts: np.ndarray  # [C]
     eigenvalues: dict[int, np.ndarray]  # class -> descending float64 eigenvalues
+    baseline: str | None = None  # the set it is also compared with (a latent set: its reconstructions)
+    top_energy: dict[int, float] | None = None  # class -> share of the perturbation in the clean top directions
 
 
 def class_spectra(counts, covs, classes) -> dict[int, np.ndarray]:
@@ -50,9 +58,46 @@ def class_spectra(counts, covs, classes) -> dict[int, np.ndarray]:
     return out
 
 
-def accumulate(split, classes, *, device, batch_size=500, model=None, spec: AttackSpec | None = None, cvae=None,
+class PerturbationEnergy:
+    """Per class, the share of the perturbations' squared norm that lies in a fixed subspace (the
+    clean class's top eigen-directions): sum ||V_c^T d||^2 / sum ||d||^2, accumulated in float64."""
+
+    def __init__(self, directions: dict[int, torch.Tensor]):  # class -> [dim, k], orthonormal columns
+        self.directions = directions
+        self.inside = dict.fromkeys(directions, 0.0)
+        self.total = dict.fromkeys(directions, 0.0)
+
+    def update(self, delta: torch.Tensor, y: torch.Tensor) -> None:
+        delta = delta.flatten(1).double()
+        for c, v in self.directions.items():
+            d = delta[y == c]
+            if len(d):
+                self.inside[c] += float((d @ v.to(d.device)).square().sum())
+                self.total[c] += float(d.square().sum())
+
+    def fractions(self) -> dict[int, float]:
+        return {c: self.inside[c] / t if t > 0 else float("nan") for c, t in self.total.items()}
+
+
+def top_directions(covs, classes, k: int) -> dict[int, torch.Tensor]:
+    """The k leading eigenvectors of each class's covariance (float64)."""
+    import scipy.linalg
+
+    out = {}
+    for c in classes:
+        cov = covs[c].cpu().numpy().astype(np.float64)
+        d = cov.shape[0]
+        _, vecs = scipy.linalg.eigh(cov, subset_by_index=[d - min(k, d), d - 1])
+        out[int(c)] = torch.from_numpy(np.ascontiguousarray(vecs))
+    return out
+
+
+def accumulate(split, classes, *, device, batch_size=500, transform=None, energy: PerturbationEnergy | None = None,
                seed: int = 0, progress=None, task=None):
-    """Stream (optionally attacked) test images of the chosen classes into per-class covariances."""
+    """Stream the test images of the chosen classes into per-class covariances.
+
+    transform(x, y, generator) -> (images, origin) replaces each batch first (an attack, a
+    reconstruction); `energy` then measures the perturbations images - origin (origin None: none)."""
     dim = int(np.prod(split.x.shape[1:]))
     num_classes = int(split.y.max()) + 1 if len(split) else 1
     acc = ops.ClassCovariance(num_classes, dim, device=device)
@@ -63,17 +108,34 @@ def accumulate(split, classes, *, device, batch_size=500, model=None, spec: Atta
     for sl in batches(len(keep), batch_size):
         idx = keep[sl]
         x, y = split.images(idx).to(device), split.y[idx].to(device)
-        if model is not None and spec is not None and spec.name != "clean":
-            x = perturb(model, x, y, spec, cvae=cvae, generator=gen)
+        if transform is not None:
+            x, origin = transform(x, y, gen)
+            if energy is not None and origin is not None:
+                energy.update(x - origin, y)
         acc.update(x.flatten(1).float(), y)
         if progress is not None:
             progress.update(task, advance=len(idx))
     return acc.finalize()
 
 
-def summarize(clean: SetSpectrum, robust: SetSpectrum, floor_rel: float = DEFAULT_FLOOR_REL, top: int = TOP):
+def attacked(model, spec, cvae=None):
+    """The transform for `accumulate` that attacks each batch against `model`. The perturbation is
+    measured from x, or for a latent attack from G_y(I_y(x)) (Lemma 1's x0: the W dz part alone)."""
+    def transform(x, y, gen):
+        record = {}
+        x_adv = perturb(model, x, y, spec, cvae=cvae, generator=gen, record=record)
+        return x_adv, record.get("origin", x)
+    return transform
+
+
+def reconstructed(cvae):
+    """The transform for `accumulate` that replaces each batch by G_y(I_y(x))."""
+    return lambda x, y, gen: (reconstruct(cvae, x, y), None)
+
+
+def summarize(reference: SetSpectrum, robust: SetSpectrum, floor_rel: float = DEFAULT_FLOOR_REL, top: int = TOP):
     rows = []
-    for c, ev_c in clean.eigenvalues.items():
+    for c, ev_c in reference.eigenvalues.items():
         if c not in robust.eigenvalues:
             continue
         ev_r = robust.eigenvalues[c]
@@ -82,9 +144,19 @@ def summarize(clean: SetSpectrum, robust: SetSpectrum, floor_rel: float = DEFAUL
         k = min(top, len(ratio))
         top_ratio = float(np.exp(np.mean(np.log(ratio[:k]))))
         tail_ratio = float(np.exp(np.mean(np.log(ratio[k:])))) if len(ratio) > k else float("nan")
-        rows.append({"set": robust.name, "class": c, "top_ratio": top_ratio, "tail_ratio": tail_ratio,
-                     "floor": floor})
+        row = {"set": robust.name, "reference": reference.name, "class": c, "top_ratio": top_ratio,
+               "tail_ratio": tail_ratio, "floor": floor}
+        if reference.attack == "none" and robust.top_energy is not None:
+            row["top_energy"] = robust.top_energy[c]
+        rows.append(row)
     return rows
+
+
+def summarize_all(sets: list[SetSpectrum], floor_rel: float = DEFAULT_FLOOR_REL, top: int = TOP) -> list[dict]:
+    """Every set against the clean one (sets[0]), then every set that has a baseline against it."""
+    by_name = {s.name: s for s in sets}
+    rows = [row for s in sets[1:] for row in summarize(sets[0], s, floor_rel, top)]
+    return rows + [row for s in sets[1:] if s.baseline for row in summarize(by_name[s.baseline], s, floor_rel, top)]
 
 
 def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str = "") -> list[str]:
@@ -105,9 +177,10 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
             ev = s.eigenvalues[c]
             pos = np.maximum(ev, shown_floor)
             idx = np.arange(1, len(ev) + 1)
-            axes[row, 0].semilogy(idx, pos, label=s.name, lw=1.2)
-            axes[row, 1].plot(idx[:top], ev[:top], label=s.name, lw=1.2, marker=".", ms=3)
-            axes[row, 2].semilogy(idx[top:], pos[top:], label=s.name, lw=1.2)
+            style = {"label": s.name, "lw": 1.2, "ls": "--" if s.attack == "reconstruction" else "-"}
+            axes[row, 0].semilogy(idx, pos, **style)
+            axes[row, 1].plot(idx[:top], ev[:top], marker=".", ms=3, **style)
+            axes[row, 2].semilogy(idx[top:], pos[top:], **style)
         axes[row, 0].set_title(f"class {c}: all {len(idx)} eigenvalues")
         axes[row, 1].set_title(f"class {c}: largest {top}")
         axes[row, 2].set_title(f"class {c}: smallest {len(idx) - top}")
@@ -134,33 +207,52 @@ def auto_attack(meta: dict) -> str:
     return "vae" if meta.get("mode") == "vae" else "pgd"
 
 
-def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_size=500, seed=0, steps=None):
-    """The clean set, then one robust set per checkpoint (attacked with `attack`, or per `auto_attack`)."""
+def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_size=500, seed=0, steps=None,
+            reconstructions: bool = False, top: int = TOP):
+    """The clean set, then one robust set per checkpoint (attacked with `attack`, or per `auto_attack`).
+
+    Each robust set also records the share of its perturbations' energy in the clean class's `top`
+    leading eigen-directions. reconstructions: also the set G_y(I_y(x)) of each CVAE a latent
+    attack uses, as that set's baseline."""
     sets = []
     with console.progress() as bar:
         n = int(sum(int((ds.test.y == c).sum()) for c in classes))
-        task = bar.add_task("clean", total=n, status="")
-        counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, progress=bar, task=task)
-        clean = SetSpectrum("clean", None, "none", counts.cpu().numpy(), class_spectra(counts, covs, classes))
-        sets.append(clean)
+
+        def measure(label, energy=None, **kw):
+            task = bar.add_task(label, total=n, status="")
+            counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, seed=seed, progress=bar,
+                                         task=task, energy=energy, **kw)
+            return counts.cpu().numpy(), class_spectra(counts, covs, classes), covs
+
+        counts, spectra, covs = measure("clean")
+        sets.append(SetSpectrum("clean", None, "none", counts, spectra))
+        directions = top_directions(covs, spectra, top) if checkpoints else {}
         for path in checkpoints:
             model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
             name = attack if attack != "auto" else auto_attack(meta)
             if name == "none":
                 continue
-            cvae_model = None
+            cvae_model = baseline = None
             if name == "vae":
                 cvae_path = cvae or (meta.get("hparams") or {}).get("cvae")
                 if not cvae_path:
                     raise UsageError(f"the vae attack on {path} needs --cvae (the checkpoint names no CVAE)")
                 cvae_model, _ = checkpoint.load_model(Path(cvae_path), kind="cvae", device=dev)
+                if reconstructions:
+                    baseline = f"reconstruction / {Path(cvae_path).stem}"
+                    if all(s.name != baseline for s in sets):
+                        counts, spectra, _ = measure(baseline, transform=reconstructed(cvae_model))
+                        sets.append(SetSpectrum(baseline, str(cvae_path), "reconstruction", counts, spectra))
             spec = make_spec(name, ds.name, steps=None if name in ("fgsm", "vae") else steps)
             label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
-            task = bar.add_task(label, total=n, status="")
-            counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, model=model, spec=spec,
-                                         cvae=cvae_model, seed=seed, progress=bar, task=task)
-            sets.append(SetSpectrum(label, str(path), name, counts.cpu().numpy(), class_spectra(counts, covs, classes)))
+            energy = PerturbationEnergy(directions)
+            counts, spectra, _ = measure(label, energy, transform=attacked(model, spec, cvae_model))
+            sets.append(SetSpectrum(label, str(path), name, counts, spectra, baseline, energy.fractions()))
     return sets
+
+
+def _dim(sets) -> int | None:
+    return next((len(ev) for s in sets for ev in s.eigenvalues.values()), None)
 
 
 def to_json(sets, summary, classes, floor_rel, top):
@@ -168,10 +260,14 @@ def to_json(sets, summary, classes, floor_rel, top):
         "classes": classes,
         "top": top,
         "floor_rel": floor_rel,
-        "ratio": "geometric mean of max(robust, floor)/max(clean, floor) over eigenvalue indices",
+        "ratio": "geometric mean of max(set, floor)/max(reference, floor) over eigenvalue indices; "
+                 "floor = floor_rel x the reference class's largest eigenvalue",
+        "top_energy": "share of sum ||d||^2 in the clean class's top leading eigen-directions, d = x_adv - x "
+                      "(latent attacks: G(z') - G(I(x)))",
+        "top_energy_isotropic": top / dim if (dim := _dim(sets)) else None,
         "sets": [
-            {"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack, "class": c, "n": int(s.counts[c]),
-             "eigenvalues": ev.tolist()}
+            {"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack, "baseline": s.baseline, "class": c,
+             "n": int(s.counts[c]), "eigenvalues": ev.tolist()}
             for s in sets for c, ev in s.eigenvalues.items()
         ],
         "summary": summary,

@@ -21,7 +21,9 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae"}
     assert set(results["table1"]["pgd"]) == {"std", "fgsm", "pgd", "vae", "joint"}
     assert set(results["tradeoff"]["drops"]) == {"joint-lp", "joint"}
-    assert {r["set"] for r in results["spectra"]["summary"]} == {"pgd-adv / pgd", "vae-adv / vae"}
+    assert {(r["set"], r["reference"]) for r in results["spectra"]["summary"]} == {
+        ("pgd-adv / pgd", "clean"), ("vae-adv / vae", "clean"), ("reconstruction / synthetic-cvae", "clean"),
+        ("vae-adv / vae", "reconstruction / synthetic-cvae")}
     assert set(results["models"]) == {"cvae", "std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp"}
     assert doc["report"] == str(run / "report.md")
     text = (run / "report.md").read_text()

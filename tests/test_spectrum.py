@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from manifoldadv.data import Split
-from manifoldadv.spectrum import SetSpectrum, accumulate, class_spectra, plot, summarize
+from manifoldadv.spectrum import (PerturbationEnergy, SetSpectrum, accumulate, class_spectra, plot, summarize,
+                                  top_directions)
 
 from helpers import assert_usage_error, cli, cli_json
 
@@ -48,6 +49,32 @@ def test_summary_ratios_floor_and_geometric_mean():
     assert row["floor"] == pytest.approx(4e-3)
 
 
+def test_perturbation_energy_in_the_top_directions_matches_numpy():
+    rng = np.random.default_rng(2)
+    n, d, k = 600, 40, 5
+    y = rng.integers(0, 3, size=n)
+    shape = np.diag(np.logspace(1, -2, d)) @ np.linalg.qr(rng.standard_normal((d, d)))[0]
+    x = rng.standard_normal((n, d)) @ shape
+    covs = torch.from_numpy(np.stack([np.cov(x[y == c].T) for c in range(3)]))
+    dirs = top_directions(covs, [0, 2], k)
+    delta = 0.1 * rng.standard_normal((n, d)) @ shape + rng.standard_normal((n, d))  # partly along the data
+    acc = PerturbationEnergy(dirs)
+    start = 0
+    for b in (1, 250, 3, 346):  # uneven batches
+        acc.update(torch.from_numpy(delta[start:start + b]).float(), torch.from_numpy(y[start:start + b]))
+        start += b
+    got = acc.fractions()
+    assert set(got) == {0, 2}
+    d32 = delta.astype(np.float32).astype(np.float64)
+    for c in (0, 2):
+        w, v = np.linalg.eigh(np.cov(x[y == c].T))
+        top = v[:, np.argsort(w)[::-1][:k]]
+        dc = d32[y == c]
+        want = np.square(dc @ top).sum() / np.square(dc).sum()
+        assert got[c] == pytest.approx(want, rel=1e-10)
+        assert abs(want - k / d) > 0.02
+
+
 def test_plot_is_png_with_three_panels_per_class(tmp_path):
     rng = np.random.default_rng(1)
     ev = {c: np.sort(rng.random(50))[::-1] for c in (0, 3)}
@@ -74,7 +101,8 @@ def test_spectrum_cli_json_plot_and_csv(tmp_path):
     assert names == {("clean", 0), ("clean", 1), ("std-adv / pgd", 0), ("std-adv / pgd", 1)}
     assert all(len(s["eigenvalues"]) == 784 for s in doc["sets"])
     assert {r["set"] for r in doc["summary"]} == {"std-adv / pgd"}
-    assert all({"set", "class", "top_ratio", "tail_ratio"} <= set(r) for r in doc["summary"])
+    assert all({"set", "reference", "class", "top_ratio", "tail_ratio", "top_energy"} <= set(r) for r in doc["summary"])
+    assert all(0 < r["top_energy"] < 1 for r in doc["summary"])
     # the clean synthetic tail is float32 noise; the PGD set fills it
     clean0 = next(s for s in doc["sets"] if s["name"] == "clean" and s["class"] == 0)["eigenvalues"]
     assert clean0[6] < 1e-9 * clean0[0]
@@ -92,3 +120,71 @@ def test_spectrum_bad_arguments(tmp_path):
     assert_usage_error(cli("spectrum", "--classes", "0,42"), "--classes")
     assert_usage_error(cli("spectrum", "--classes", "a,b"), "--classes")
     assert_usage_error(cli("spectrum", tmp_path / "missing.safetensors"), "not found")
+
+
+def test_spectrum_recon_measures_the_latent_set_against_the_cvae_reconstructions(tmp_path):
+    from manifoldadv import checkpoint
+    from manifoldadv.cli.common import dataset
+
+    cv, clf = tmp_path / "c.safetensors", tmp_path / "v.safetensors"
+    cli_json("train", "--data", "synthetic", "--mode", "cvae", "--limit", "64", "--epochs", "1", "--out", cv)
+    cli_json("train", "--data", "synthetic", "--mode", "vae", "--cvae", cv, "--limit", "64", "--epochs", "2",
+             "--adv-start", "1", "--out", clf)
+    doc = cli_json("spectrum", clf, "--classes", "0,1", "--limit", "400", "--recon", "--floor", "1e-4")
+    recon, latent = "reconstruction / c", "vae-adv / vae"
+    by = {(s["name"], s["class"]): s for s in doc["sets"]}
+    assert {name for name, _ in by} == {"clean", recon, latent}
+    assert by[(latent, 0)]["baseline"] == recon and by[(recon, 0)]["attack"] == "reconstruction"
+    assert by[(recon, 0)]["checkpoint"] == str(cv) and by[("clean", 0)]["baseline"] is None
+
+    # the reconstruction set, computed here with the CVAE's own encoder and decoder, in float64
+    ds = dataset("synthetic", None, 400, False)
+    cvae, _ = checkpoint.load_model(cv, kind="cvae")
+    for c in (0, 1):
+        keep = ds.test.y == c
+        x, y = ds.test.images(keep), ds.test.y[keep]
+        with torch.no_grad():
+            g = cvae.decode_mean(cvae.encode_mean(x, y), y).flatten(1).double().numpy()
+        ref = np.linalg.eigvalsh(np.cov(g.T))[::-1]
+        assert by[(recon, c)]["n"] == len(y)
+        assert np.allclose(by[(recon, c)]["eigenvalues"], ref, rtol=0, atol=1e-8 * ref[0])
+
+    # both sets against the clean one, and the latent set against its reconstructions, recomputed
+    pairs = [(r["set"], r["reference"]) for r in doc["summary"]]
+    assert sorted(set(pairs)) == sorted({(recon, "clean"), (latent, "clean"), (latent, recon)})
+    assert len(pairs) == 6
+    for r in doc["summary"]:
+        ev_s = np.array(by[(r["set"], r["class"])]["eigenvalues"])
+        ev_r = np.array(by[(r["reference"], r["class"])]["eigenvalues"])
+        floor = 1e-4 * ev_r[0]
+        logs = np.log(np.maximum(ev_s, floor)) - np.log(np.maximum(ev_r, floor))
+        assert r["top_ratio"] == pytest.approx(np.exp(logs[:6].mean()), rel=1e-12)
+        assert r["tail_ratio"] == pytest.approx(np.exp(logs[6:].mean()), rel=1e-12)
+
+    # the latent set's perturbation G(z') - G(I(x)) in the clean top-6 directions: latent FGSM redone here
+    from manifoldadv.attacks import make_spec
+
+    model, _ = checkpoint.load_model(clf, kind="classifier")
+    model.eval()
+    eps = make_spec("vae", "synthetic").eps
+    clean_x = {c: ds.test.images(ds.test.y == c).flatten(1).double().numpy() for c in (0, 1)}
+    for c in (0, 1):
+        keep = ds.test.y == c
+        x, y = ds.test.images(keep), ds.test.y[keep]
+        z0 = cvae.encode_mean(x, y).detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(cvae.decode_mean(z0, y)), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, z0)
+        with torch.no_grad():
+            delta = (cvae.decode_mean(z0 + eps * g.sign(), y) - cvae.decode_mean(z0, y)).flatten(1).double().numpy()
+        w, v = np.linalg.eigh(np.cov(clean_x[c].T))
+        top = v[:, np.argsort(w)[::-1][:6]]
+        want = np.square(delta @ top).sum() / np.square(delta).sum()
+        row = next(r for r in doc["summary"] if (r["set"], r["reference"], r["class"]) == (latent, "clean", c))
+        assert row["top_energy"] == pytest.approx(want, rel=1e-4)
+    assert all("top_energy" not in r for r in doc["summary"] if r["reference"] != "clean")
+    assert doc["top_energy_isotropic"] == pytest.approx(6 / 784)
+
+    # no latent set: --recon adds nothing
+    doc = cli_json("spectrum", clf, "--attack", "fgsm", "--classes", "0", "--limit", "200", "--recon")
+    assert {s["name"] for s in doc["sets"]} == {"clean", "vae-adv / fgsm"}
+    assert {r["reference"] for r in doc["summary"]} == {"clean"}

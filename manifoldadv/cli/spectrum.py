@@ -14,7 +14,7 @@ from rich.table import Table
 from .. import checkpoint, console
 from ..checkpoint import atomic_write_text
 from ..errors import UsageError
-from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, plot, summarize, to_json
+from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, plot, summarize_all, to_json
 from ._app import app
 from ._options import DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
 from .common import dataset as load_data, start
@@ -43,16 +43,21 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
 
 
 def render(sets, summary, top: int = TOP) -> Table:
-    t = Table(title=f"robust/clean eigenvalue ratios (top {top} and tail; geometric means, floored)")
-    for col in ("set", "class", "n", "λ1 clean", "λ1 set", "top ratio", "tail ratio"):
-        t.add_column(col, justify="left" if col == "set" else "right")
-    clean = sets[0]
+    t = Table(title=f"eigenvalue ratios set/reference (top {top} and tail; geometric means, floored)")
+    for col in ("set", "vs", "class", "n", "λ1 vs", "λ1 set", "top", "tail", "δ in top"):
+        t.add_column(col, justify="left" if col in ("set", "vs") else "right")
     by_name = {s.name: s for s in sets}
     for r in summary:
-        s = by_name[r["set"]]
-        c = r["class"]
-        t.add_row(r["set"], str(c), str(int(s.counts[c])), f"{clean.eigenvalues[c][0]:.3g}",
-                  f"{s.eigenvalues[c][0]:.3g}", f"{r['top_ratio']:.3g}", f"{r['tail_ratio']:.3g}")
+        s, ref, c = by_name[r["set"]], by_name[r["reference"]], r["class"]
+        energy = f"{100 * r['top_energy']:.1f}%" if "top_energy" in r else "-"
+        t.add_row(r["set"], "clean" if ref.attack == "none" else "recon", str(c), str(int(s.counts[c])),
+                  f"{ref.eigenvalues[c][0]:.3g}", f"{s.eigenvalues[c][0]:.3g}", f"{r['top_ratio']:.3g}",
+                  f"{r['tail_ratio']:.3g}", energy)
+    if summary:
+        dim = len(next(iter(sets[0].eigenvalues.values())))
+        t.caption = (f"vs: the clean set or the CVAE's reconstructions (recon); δ in top: share of the "
+                     f"perturbations' squared norm in the clean class's {top} leading eigen-directions "
+                     f"(isotropic: {100 * top / dim:.1f}%)")
     return t
 
 
@@ -76,6 +81,7 @@ def spectrum(
     plot_path: Annotated[Optional[Path], typer.Option("--plot", dir_okay=False, help="Write the Figure-2 style plot (PNG).")] = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every eigenvalue as CSV.")] = None,
     floor: Annotated[float, typer.Option("--floor", min=0.0, help="Eigenvalue floor, relative to the clean class's largest.")] = DEFAULT_FLOOR_REL,
+    recon: Annotated[bool, typer.Option("--recon", help="Also measure the CVAE's reconstructions G(I(x)) and compare each latent-attack set with them (the perturbation's effect without the encode-decode loss).")] = False,
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many leading eigenvalues form the 'top' (default 30; synthetic: its manifold rank).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
     data_root: DataRoot = None,
@@ -98,9 +104,10 @@ def spectrum(
         raise UsageError(f"--data {data.value} does not match the checkpoints' data set {data_name}")
     ds = load_data(data_name, data_root, limit, download)
     cls = parse_classes(classes, ds.num_classes)
-    sets = compute(checkpoints, ds, cls, dev, attack=attack.value, cvae=cvae, batch_size=batch_size, seed=seed)
     top = top or ds.info.get("manifold_rank", TOP)
-    summary = [row for s in sets[1:] for row in summarize(sets[0], s, floor_rel=floor, top=top)]
+    sets = compute(checkpoints, ds, cls, dev, attack=attack.value, cvae=cvae, batch_size=batch_size, seed=seed,
+                   reconstructions=recon, top=top)
+    summary = summarize_all(sets, floor_rel=floor, top=top)
     if plot_path is not None:
         plot(plot_path, sets, cls, top=top, title=f"{data_name}: per-class covariance eigenvalues")
         console.log(f"wrote {plot_path}")

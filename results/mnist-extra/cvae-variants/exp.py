@@ -48,8 +48,9 @@ def gmean(rows, key):
 res = {}
 for name, path in cvaes.items():
     cvae, meta = checkpoint.load_model(path, kind="cvae", device=dev)
-    for what, spec in (("recon", make_spec("vae", "mnist", eps=0.0)), ("vae", make_spec("vae", "mnist"))):
-        counts, _, covs = spectrum.accumulate(ds.test, classes, device=dev, model=model, spec=spec, cvae=cvae)
+    for what, transform in (("recon", spectrum.reconstructed(cvae)),
+                            ("vae", spectrum.attacked(model, make_spec("vae", "mnist"), cvae))):
+        counts, _, covs = spectrum.accumulate(ds.test, classes, device=dev, transform=transform)
         s = spectrum.SetSpectrum(what, None, what, counts.numpy(), spectrum.class_spectra(counts, covs, classes))
         rows = spectrum.summarize(clean, s)
         res[f"{name} {what}"] = {
