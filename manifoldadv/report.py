@@ -86,11 +86,11 @@ def drops_md(tradeoff: dict, data: str) -> str:
 
 
 def spectra_md(summary: list[dict], top: int) -> str:
-    pairs = list(dict.fromkeys((r["set"], r.get("reference", "clean")) for r in summary))
+    pairs = list(dict.fromkeys((r["set"], r["reference"]) for r in summary))
     pct = lambda v: f"{100 * v:.1f}%" if v is not None else ""  # noqa: E731
     rows = []
     for s, ref in pairs:
-        rs = [r for r in summary if (r["set"], r.get("reference", "clean")) == (s, ref)]
+        rs = [r for r in summary if (r["set"], r["reference"]) == (s, ref)]
         gm = lambda k: math.exp(sum(math.log(r[k]) for r in rs) / len(rs))  # noqa: E731
         energy = [r["top_energy"] for r in rs if "top_energy" in r]
         rows.append([s, ref, "all (geometric mean; energy: mean)", f"{gm('top_ratio'):.3g}", f"{gm('tail_ratio'):.3g}",

@@ -72,7 +72,7 @@ class PerturbationEnergy:
         for c, v in self.directions.items():
             d = delta[y == c]
             if len(d):
-                self.inside[c] += float((d @ v.to(d.device)).square().sum())
+                self.inside[c] += float((d @ v).square().sum())
                 self.total[c] += float(d.square().sum())
 
     def fractions(self) -> dict[int, float]:
@@ -80,7 +80,7 @@ class PerturbationEnergy:
 
 
 def top_directions(covs, classes, k: int) -> dict[int, torch.Tensor]:
-    """The k leading eigenvectors of each class's covariance (float64)."""
+    """The k leading eigenvectors of each class's covariance (float64, on the covariances' device)."""
     import scipy.linalg
 
     out = {}
@@ -88,7 +88,7 @@ def top_directions(covs, classes, k: int) -> dict[int, torch.Tensor]:
         cov = covs[c].cpu().numpy().astype(np.float64)
         d = cov.shape[0]
         _, vecs = scipy.linalg.eigh(cov, subset_by_index=[d - min(k, d), d - 1])
-        out[int(c)] = torch.from_numpy(np.ascontiguousarray(vecs))
+        out[int(c)] = torch.from_numpy(np.ascontiguousarray(vecs)).to(covs.device)
     return out
 
 
@@ -144,18 +144,20 @@ def summarize(reference: SetSpectrum, robust: SetSpectrum, floor_rel: float = DE
         k = min(top, len(ratio))
         top_ratio = float(np.exp(np.mean(np.log(ratio[:k]))))
         tail_ratio = float(np.exp(np.mean(np.log(ratio[k:])))) if len(ratio) > k else float("nan")
-        row = {"set": robust.name, "reference": reference.name, "class": c, "top_ratio": top_ratio,
-               "tail_ratio": tail_ratio, "floor": floor}
-        if reference.attack == "none" and robust.top_energy is not None:
-            row["top_energy"] = robust.top_energy[c]
-        rows.append(row)
+        rows.append({"set": robust.name, "reference": reference.name, "class": c, "top_ratio": top_ratio,
+                     "tail_ratio": tail_ratio, "floor": floor})
     return rows
 
 
 def summarize_all(sets: list[SetSpectrum], floor_rel: float = DEFAULT_FLOOR_REL, top: int = TOP) -> list[dict]:
-    """Every set against the clean one (sets[0]), then every set that has a baseline against it."""
+    """Every set against the clean one (sets[0]), with its perturbations' top share where it has one;
+    then every set that has a baseline against that baseline."""
     by_name = {s.name: s for s in sets}
     rows = [row for s in sets[1:] for row in summarize(sets[0], s, floor_rel, top)]
+    for row in rows:
+        energy = by_name[row["set"]].top_energy
+        if energy is not None:
+            row["top_energy"] = energy[row["class"]]
     return rows + [row for s in sets[1:] if s.baseline for row in summarize(by_name[s.baseline], s, floor_rel, top)]
 
 
@@ -251,7 +253,8 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_si
     return sets
 
 
-def _dim(sets) -> int | None:
+def dimension(sets) -> int | None:
+    """The data dimension d (the length of any spectrum); None when no class has one."""
     return next((len(ev) for s in sets for ev in s.eigenvalues.values()), None)
 
 
@@ -264,7 +267,7 @@ def to_json(sets, summary, classes, floor_rel, top):
                  "floor = floor_rel x the reference class's largest eigenvalue",
         "top_energy": "share of sum ||d||^2 in the clean class's top leading eigen-directions, d = x_adv - x "
                       "(latent attacks: G(z') - G(I(x)))",
-        "top_energy_isotropic": top / dim if (dim := _dim(sets)) else None,
+        "top_energy_isotropic": top / dim if (dim := dimension(sets)) else None,
         "sets": [
             {"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack, "baseline": s.baseline, "class": c,
              "n": int(s.counts[c]), "eigenvalues": ev.tolist()}

@@ -14,7 +14,7 @@ from rich.table import Table
 from .. import checkpoint, console
 from ..checkpoint import atomic_write_text
 from ..errors import UsageError
-from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, plot, summarize_all, to_json
+from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
 from ._options import DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
 from .common import dataset as load_data, start
@@ -54,7 +54,7 @@ def render(sets, summary, top: int = TOP) -> Table:
                   f"{ref.eigenvalues[c][0]:.3g}", f"{s.eigenvalues[c][0]:.3g}", f"{r['top_ratio']:.3g}",
                   f"{r['tail_ratio']:.3g}", energy)
     if summary:
-        dim = len(next(iter(sets[0].eigenvalues.values())))
+        dim = dimension(sets)
         t.caption = (f"vs: the clean set or the CVAE's reconstructions (recon); δ in top: share of the "
                      f"perturbations' squared norm in the clean class's {top} leading eigen-directions "
                      f"(isotropic: {100 * top / dim:.1f}%)")
