@@ -311,7 +311,8 @@ def _project_l1_box(v: torch.Tensor, x0: torch.Tensor, eps: float, lo: float, hi
     active = (av > mid) & (av - mid < u)
     saturated = av - mid >= u
     n_active = active.sum(dim=1, keepdim=True)
-    s = (av * active).sum(dim=1, keepdim=True) + (u * saturated).sum(dim=1, keepdim=True)
+    # where, not u * saturated: u is inf without a box, and inf * 0 is NaN
+    s = (av * active).sum(dim=1, keepdim=True) + torch.where(saturated, u, 0.0).sum(dim=1, keepdim=True)
     lam = torch.where(n_active > 0, (s - eps) / n_active.clamp_min(1), mid)
     lam = torch.where(need.unsqueeze(1), lam.clamp_min(0.0), torch.zeros_like(lam))
     return torch.sign(v) * torch.minimum((av - lam).clamp_min(0.0), u)
@@ -468,12 +469,13 @@ class ClassCovariance:
             raise UsageError(f"labels must be [{features.shape[0]}], got {tuple(labels.shape)}")
         if not features.is_floating_point():
             raise UsageError(f"features must be a floating-point tensor, got {features.dtype}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
         if features.shape[0] == 0:
             return self
+        if labels.device.type == "cpu":  # free to check now; labels on a GPU are checked per merge
+            self._check_labels(labels)
         labels = labels.to(device=self.device, dtype=torch.int64)
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= self.num_classes:
-            raise UsageError(f"labels must be in [0, {self.num_classes}), got range [{lo}, {hi}]")
         # float32 and float64 go to the kernel as they are; other dtypes widen exactly to float32
         if features.dtype not in (torch.float32, torch.float64):
             features = features.float()
@@ -500,7 +502,15 @@ class ClassCovariance:
             self._merge(torch.cat([f.to(dt) for f in feats]), torch.cat(labs))
         return self
 
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.num_classes:
+            raise UsageError(f"labels must be in [0, {self.num_classes}), got range [{lo}, {hi}]")
+
     def _merge(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        # per merge (every `buffer_rows` rows), not per update: on a GPU each check waits for it
+        if labels.device.type != "cpu":
+            self._check_labels(labels)
         if _use_kernel("class_cov_update_", self.device.type):
             if self.device.type == "cpu" and _CPU_BLAS is None:
                 cpu_blas()

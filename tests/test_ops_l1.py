@@ -231,3 +231,21 @@ def test_l1_hard_cases():
         got = kernel_step(x, x0, g, 0.0, eps, -INF, INF, 0.9)
         d, _ = project_sort(x.astype(np.float64), x0, eps, -INF, INF)
         np.testing.assert_allclose(got, d.astype(np.float32), rtol=1e-6, atol=1e-6 * eps)
+
+
+@pytest.mark.parametrize("n", [33, 784, 3072])
+@pytest.mark.parametrize("box", [(0.0, 1.0), (-INF, INF), (-INF, 1.0)])
+def test_reference_matches_sort_oracle(n, box):
+    """The pure-PyTorch reference (the oracle of the CUDA tests and the fallback) against the
+    sorting oracle, where the ball constraint is active; without a box every room is inf."""
+    lo, hi = box
+    for seed in range(3):
+        x, x0, g = case(seed, n, box, dense=True)
+        v = slide_step(x, x0, g, 1.0, lo, hi, 0.9).astype(np.float64)
+        eps = 0.5 * float(np.minimum(np.abs(v), np.maximum(np.where(v > 0, hi - x0, x0 - lo), 0)).sum())
+        d, _ = project_sort(v, x0, eps, lo, hi)
+        want = np.clip(x0.astype(np.float64) + d, lo, hi).astype(np.float32)
+        t = lambda a: torch.from_numpy(np.asarray(a, np.float32)[None].copy())  # noqa: E731
+        got = ops.pgd_step_reference(t(x), t(x0), t(g), step=1.0, eps=eps, norm="l1", lo=lo, hi=hi,
+                                     l1_quantile=0.9)[0].numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * max(1.0, float(np.abs(x0).max())))
