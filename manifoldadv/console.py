@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -67,3 +68,20 @@ def progress(transient: bool = True):
     )
     with bar:
         yield bar
+
+
+class StatusClock:
+    """When a progress bar may show a value that lives on the device: reading it waits for the
+    device, so loops read it at most every `every` seconds, and never while the bar is off."""
+
+    def __init__(self, bar: Progress, every: float = 0.5):
+        self.live, self.every, self.next = not bar.disable, every, 0.0
+
+    def due(self) -> bool:
+        if not self.live:
+            return False
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + self.every
+        return True

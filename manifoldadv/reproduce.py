@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import console, paper, report
+from . import accel, console, paper, report
 from .attacks import describe
 from .checkpoint import atomic_write_text, load
 from .data import Dataset
@@ -57,10 +57,13 @@ def spectra_step(study: Study, ds: Dataset) -> dict:
     key = {"pgd": _digest(pgd), "vae": _digest(vae), "n": len(full.test), "steps": study.eval_steps,
            "seed": study.seed, "top": top, "floor": DEFAULT_FLOOR_REL, "reconstructions": True,
            "top_energy": True}
+    if study.precision != "fp32":  # fp32 keys keep their old form
+        key["precision"] = study.precision
 
     def run():
         sets = compute([pgd, vae], full, classes, study.device, seed=study.seed, steps=study.eval_steps,
-                       reconstructions=True, top=top)
+                       reconstructions=True, top=top, precision=study.precision,
+                       compile=accel.resolve_compile(study.compile, study.device, "eval"))
         return {"top": top, "floor_rel": DEFAULT_FLOOR_REL, "summary": summarize_all(sets, top=top),
                 "sets": [{"name": s.name, "checkpoint": s.checkpoint, "attack": s.attack, "baseline": s.baseline,
                           "counts": s.counts.tolist(),
@@ -122,6 +125,8 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
         "seed": study.seed,
         "strategy": study.strategy,
         "device": str(study.device),
+        "precision": study.precision,
+        "compile": {p: accel.resolve_compile(study.compile, study.device, p) for p in accel.PURPOSES},
         "n_train": len(ds.train),
         "n_test": len(ds.test),
         "n_test_spectra": len(study.spectra_test or ds.test),
@@ -161,7 +166,10 @@ def render(r: dict) -> str:
     lines = [
         f"# manifoldadv reproduction: {data}{quick}",
         "",
-        f"Seed {r['seed']}, device {r['device']}, {r['n_train']} training and {r['n_test']} test examples "
+        f"Seed {r['seed']}, device {r['device']} ({r.get('precision', 'fp32')}"
+        f"{', compiled training' if (r.get('compile') or {}).get('train') else ''}"
+        f"{', compiled evaluation' if (r.get('compile') or {}).get('eval') else ''}), "
+        f"{r['n_train']} training and {r['n_test']} test examples "
         f"({r['n_test_spectra']} for the spectra), "
         f"joint strategy `{r['strategy']}`. Wall time of this invocation {_hms(r['wall_seconds_this_run'])}; "
         f"compute recorded in the artefacts (training {_hms(r['train_seconds_recorded'])}, evaluation "

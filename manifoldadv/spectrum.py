@@ -28,10 +28,10 @@ import torch
 
 from pathlib import Path
 
-from . import checkpoint, console, ops
+from . import accel, checkpoint, console, loader, ops
 from .attacks import make_spec, perturb, reconstruct
 from .errors import UsageError
-from .evaluate import batches, make_generator
+from .evaluate import make_generator
 
 TOP = 30
 DEFAULT_FLOOR_REL = 1e-6
@@ -64,19 +64,21 @@ class PerturbationEnergy:
 
     def __init__(self, directions: dict[int, torch.Tensor]):  # class -> [dim, k], orthonormal columns
         self.directions = directions
-        self.inside = dict.fromkeys(directions, 0.0)
-        self.total = dict.fromkeys(directions, 0.0)
+        # sums stay on the directions' device until `fractions` (no round trip per batch)
+        self.inside = {c: v.new_zeros(()) for c, v in directions.items()}
+        self.total = {c: v.new_zeros(()) for c, v in directions.items()}
 
     def update(self, delta: torch.Tensor, y: torch.Tensor) -> None:
         delta = delta.flatten(1).double()
         for c, v in self.directions.items():
-            d = delta[y == c]
-            if len(d):
-                self.inside[c] += float((d @ v).square().sum())
-                self.total[c] += float(d.square().sum())
+            mine = (y == c).to(delta.dtype).unsqueeze(1)  # a mask, not an index: no sync on the count
+            d = delta * mine
+            self.inside[c] += (d @ v).square().sum()
+            self.total[c] += d.square().sum()
 
     def fractions(self) -> dict[int, float]:
-        return {c: self.inside[c] / t if t > 0 else float("nan") for c, t in self.total.items()}
+        total = {c: float(t) for c, t in self.total.items()}
+        return {c: float(self.inside[c]) / t if t > 0 else float("nan") for c, t in total.items()}
 
 
 def top_directions(covs, classes, k: int) -> dict[int, torch.Tensor]:
@@ -103,18 +105,17 @@ def accumulate(split, classes, *, device, batch_size=500, transform=None, energy
     acc = ops.ClassCovariance(num_classes, dim, device=device)
     wanted = torch.zeros(num_classes, dtype=torch.bool)
     wanted[list(classes)] = True
-    keep = wanted[split.y].nonzero().flatten()
+    keep = wanted[split.y.cpu()].nonzero().flatten()
     gen = make_generator(device, seed)
-    for sl in batches(len(keep), batch_size):
-        idx = keep[sl]
-        x, y = split.images(idx).to(device), split.y[idx].to(device)
+    placed = loader.place(split, device)
+    for x, y, _ in loader.batches(placed, batch_size, device, order=keep):
         if transform is not None:
             x, origin = transform(x, y, gen)
             if energy is not None and origin is not None:
                 energy.update(x - origin, y)
         acc.update(x.flatten(1).float(), y)
         if progress is not None:
-            progress.update(task, advance=len(idx))
+            progress.update(task, advance=y.shape[0])
     return acc.finalize()
 
 
@@ -210,12 +211,12 @@ def auto_attack(meta: dict) -> str:
 
 
 def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_size=500, seed=0, steps=None,
-            reconstructions: bool = False, top: int = TOP):
+            reconstructions: bool = False, top: int = TOP, precision: str = "fp32", compile: bool = False):
     """The clean set, then one robust set per checkpoint (attacked with `attack`, or per `auto_attack`).
 
     Each robust set also records the share of its perturbations' energy in the clean class's `top`
     leading eigen-directions. reconstructions: also the set G_y(I_y(x)) of each CVAE a latent
-    attack uses, as that set's baseline."""
+    attack uses, as that set's baseline. precision, compile: how the classifiers run (accel.py)."""
     sets = []
     with console.progress() as bar:
         n = int(sum(int((ds.test.y == c).sum()) for c in classes))
@@ -231,6 +232,7 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_si
         directions = top_directions(covs, spectra, top) if checkpoints else {}
         for path in checkpoints:
             model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
+            model = accel.prepare(model, precision=precision, compile=compile, device=dev)
             name = attack if attack != "auto" else auto_attack(meta)
             if name == "none":
                 continue

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint, console, training
+from . import accel, checkpoint, console, training
 from .attacks import make_spec
 from .checkpoint import atomic_write_text
 from .data import Dataset
@@ -52,6 +52,8 @@ class Study:
     strategy: str = "avg"
     eval_steps: int | None = None  # override of the attacks' steps (quick runs)
     train_steps: int | None = None  # override of the training attacks' PGD steps (CPU budget)
+    precision: str = "fp32"  # of every classifier forward, training and evaluation (accel.py)
+    compile: bool | None = None  # torch.compile the classifiers (None: the device's default)
     timings: dict = field(default_factory=dict)
     spectra_test: object = None
 
@@ -88,6 +90,8 @@ class Study:
             kw["steps"] = self.train_steps
         limit = len(ds.train) if self.quick else None
         strategy = self.strategy if mode in ("joint", "joint-lp") else "avg"
+        if mode != "cvae":
+            kw["precision"] = self.precision
         cfg = training.resolve_config(self.data, mode, seed=self.seed, limit=limit, strategy=strategy, **kw)
         if training.needs_cvae(mode):
             cfg.cvae = str(self.path("cvae"))
@@ -110,7 +114,8 @@ class Study:
             cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
         console.log(f"[{self.data}] training {mode} -> {out}")
         t0 = time.perf_counter()
-        training.train(cfg, ds, device=self.device, out=out, resume=True, cvae=cvae)
+        training.train(cfg, ds, device=self.device, out=out, resume=True, cvae=cvae,
+                       compile=None if mode == "cvae" else self.compile)
         self.timings[f"train:{mode}"] = round(time.perf_counter() - t0, 1)
         return out
 
@@ -129,18 +134,22 @@ class Study:
         steps = None if attack in ("clean", "fgsm", "vae") else self.eval_steps
         spec = make_spec(attack, self.data, steps=steps)
         digest = hashlib.sha256(ck.read_bytes()).hexdigest()[:16]
-        key = json.dumps([ck.name, digest, spec.as_dict(), len(ds.test), self.seed], sort_keys=True)
+        # fp32 keys keep their old form, so caches written before precision existed stay valid
+        precision = [] if self.precision == "fp32" else [{"precision": self.precision}]
+        key = json.dumps([ck.name, digest, spec.as_dict(), len(ds.test), self.seed, *precision], sort_keys=True)
         evals = self._load_evals()
         if key in evals:
             return evals[key]
         model, meta = checkpoint.load_model(ck, kind="classifier", device=self.device)
+        compiled = accel.resolve_compile(self.compile, self.device, "eval")
+        model = accel.prepare(model, precision=self.precision, compile=compiled, device=self.device)
         cvae = None
         if spec.space == "latent":
             cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
         t0 = time.perf_counter()
         res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, seed=self.seed, label=f"{mode} / {attack}")
         row = {"checkpoint": str(ck), "mode": mode, "attack": attack, **spec.as_dict(), **res,
-               "seconds": round(time.perf_counter() - t0, 1)}
+               **accel.record(self.precision, compiled), "seconds": round(time.perf_counter() - t0, 1)}
         evals = self._load_evals()  # re-read: keep whatever else finished meanwhile
         evals[key] = row
         atomic_write_text(self._evals_path(), json.dumps(evals, indent=1))

@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, console, models
+from . import accel, checkpoint, console, loader, models
 from .attacks import AttackSpec, eps_option, make_spec, perturb, with_overrides
 from .config import defaults
-from .data import Dataset
+from .data import Dataset, Split
 from .errors import CheckpointError, UsageError
-from .evaluate import batches, clean_accuracy, make_generator
+from .evaluate import clean_accuracy, make_generator
 from .runtime import versions
 
 MODES: dict[str, tuple[str, ...]] = {
@@ -74,6 +74,7 @@ class TrainConfig:
     attacks: list = field(default_factory=list)  # AttackSpec dicts used for training examples
     model_kwargs: dict = field(default_factory=dict)
     cvae: str | None = None
+    precision: str = "fp32"  # of the classifier's forwards (accel.py)
 
     def specs(self) -> list[AttackSpec]:
         return [AttackSpec(**{k: v for k, v in a.items() if k != "space"}) for a in self.attacks]
@@ -103,11 +104,15 @@ def resolve_config(
     seed: int = 0,
     limit: int | None = None,
     cvae: str | None = None,
+    precision: str = "fp32",
 ) -> TrainConfig:
     """The paper's defaults for (data, mode), with every given override applied."""
     data = str(getattr(data, "value", data))
+    precision = accel.check_precision(precision)
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if mode == "cvae" and precision != "fp32":
+        raise UsageError("--precision applies to classifiers; mode cvae trains the CVAE in fp32")
     if strategy not in STRATEGIES:
         raise UsageError(f"--strategy must be avg or max, got {strategy!r}")
     d = defaults(data)
@@ -148,6 +153,7 @@ def resolve_config(
         weight_decay=d.weight_decay if weight_decay is None else weight_decay,
         seed=seed, limit=limit, augment=d.augment if augment is None else augment,
         strategy=strategy, clean_weight=clean_weight, eps_warmup=eps_warmup, attacks=specs, cvae=cvae,
+        precision=precision,
     )
 
 
@@ -157,17 +163,6 @@ def default_out(data: str, mode: str, run_dir: str | Path = "runs") -> Path:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1)
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 4-pixel-padded crop and horizontal flip (the standard CIFAR recipe)."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))
-    dx = torch.randint(0, 9, (b,), generator=gen).tolist()
-    dy = torch.randint(0, 9, (b,), generator=gen).tolist()
-    flip = torch.rand(b, generator=gen) < 0.5
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), out.flip(3), out)
 
 
 class ClassifierObjective:
@@ -185,25 +180,27 @@ class ClassifierObjective:
         return with_overrides(spec, eps=spec.eps * scale, step_size=spec.step_size * scale)
 
     def loss(self, model, x, y, epoch, gen, progress: float = 1.0):
+        """(loss, correct): `correct` counts right predictions on the training examples (averaged
+        over the attacks), a device tensor, so that the loop need not wait for the device."""
         if not self.specs or epoch < self.cfg.adv_start:
             logits = model(x)
-            return F.cross_entropy(logits, y), {"correct": int((logits.argmax(1) == y).sum())}
+            return F.cross_entropy(logits, y), (logits.argmax(1) == y).sum()
         losses, correct = [], 0
         for spec in self.specs:
             x_adv = perturb(model, x, y, self.warm(spec, epoch + progress), cvae=self.cvae, generator=gen)
             logits = model(x_adv)
             losses.append(F.cross_entropy(logits, y, reduction="none"))
-            correct += int((logits.argmax(1) == y).sum())
+            correct = correct + (logits.argmax(1) == y).sum()
         stacked = torch.stack(losses)
         per_sample = stacked.mean(0) if self.cfg.strategy == "avg" else stacked.max(0).values
         loss = per_sample.mean()
         w = self.cfg.clean_weight
         if w > 0:
             loss = (1 - w) * loss + w * F.cross_entropy(model(x), y)
-        return loss, {"correct": correct / len(self.specs)}
+        return loss, correct.double() / len(self.specs)
 
-    def evaluate(self, model, dataset: Dataset, device) -> dict:
-        return {"clean_accuracy": clean_accuracy(model, dataset.test, device=device)}
+    def evaluate(self, model, test: Split, device) -> dict:
+        return {"clean_accuracy": clean_accuracy(model, test, device=device)}
 
 
 class CVAEObjective:
@@ -211,28 +208,29 @@ class CVAEObjective:
 
     def loss(self, model, x, y, epoch, gen, progress: float = 1.0):
         nelbo, _ = model.negative_elbo(x, y, generator=gen)
-        return nelbo.mean(), {}
+        return nelbo.mean(), None
 
-    def evaluate(self, model, dataset: Dataset, device) -> dict:
-        return cvae_test_metrics(model, dataset, device)
+    def evaluate(self, model, test: Split, device) -> dict:
+        return cvae_test_metrics(model, test, device)
 
 
-def cvae_test_metrics(model, dataset: Dataset, device, batch_size: int = 1000) -> dict:
+def cvae_test_metrics(model, test: Split, device, batch_size: int = 1000) -> dict:
     """Test -ELBO (nats per image) and mean-reconstruction squared error per pixel."""
     was = model.training
     model.eval()
     gen = make_generator(device, 0)
-    tot_nelbo = tot_sq = 0.0
-    n = len(dataset.test)
+    tot_nelbo = torch.zeros((), dtype=torch.float64, device=device)
+    tot_sq = torch.zeros((), dtype=torch.float64, device=device)
+    n = len(test)
     with torch.no_grad():
-        for sl in batches(n, batch_size):
-            x, y = dataset.test.images(sl).to(device), dataset.test.y[sl].to(device)
+        for x, y, _ in loader.batches(test, batch_size, device):
             nelbo, _ = model.negative_elbo(x, y, generator=gen)
             rec = model.decode_mean(model.encode_mean(x, y), y)
-            tot_nelbo += float(nelbo.sum())
-            tot_sq += float((rec - x).pow(2).sum())
+            tot_nelbo += nelbo.sum().double()
+            tot_sq += (rec - x).pow(2).sum().double()
     model.train(was)
-    return {"test_nelbo": tot_nelbo / n, "test_recon_mse": tot_sq / (n * dataset.dim)}
+    dim = test.x[0].numel()
+    return {"test_nelbo": float(tot_nelbo) / n, "test_recon_mse": float(tot_sq) / (n * dim)}
 
 
 def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, history: list, metrics: dict,
@@ -260,8 +258,8 @@ def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, histo
 
 
 _MUST_MATCH = ("data", "mode", "model", "epochs", "adv_start", "batch_size", "lr", "weight_decay", "seed",
-               "limit", "augment", "strategy", "clean_weight", "eps_warmup", "attacks", "model_kwargs")
-_ADDED_LATER = {"clean_weight": 0.0, "eps_warmup": 0}  # what a checkpoint without the field used
+               "limit", "augment", "strategy", "clean_weight", "eps_warmup", "attacks", "model_kwargs", "precision")
+_ADDED_LATER = {"clean_weight": 0.0, "eps_warmup": 0, "precision": "fp32"}  # what a checkpoint without the field used
 
 
 def mismatched(old_hparams: dict, cfg: TrainConfig) -> list[str]:
@@ -272,12 +270,18 @@ def mismatched(old_hparams: dict, cfg: TrainConfig) -> list[str]:
 
 
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
-          cvae=None) -> dict:
-    """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata."""
+          cvae=None, compile: bool | None = None) -> dict:
+    """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata.
+
+    compile: torch.compile the classifier (None: the device's default, see accel.py)."""
     out = Path(out)
+    device = torch.device(device)
     objective = CVAEObjective() if cfg.mode == "cvae" else ClassifierObjective(cfg, cvae)
     if needs_cvae(cfg.mode) and cvae is None:
         raise UsageError(f"mode {cfg.mode} needs a CVAE (--cvae)")
+    if objective.kind == "cvae" and compile:
+        raise UsageError("--compile applies to classifiers; mode cvae trains the CVAE eagerly")
+    compiled = objective.kind == "classifier" and accel.resolve_compile(compile, device, "train")
     torch.manual_seed(cfg.seed)
     model = models.create(cfg.model, in_shape=dataset.shape, num_classes=dataset.num_classes,
                           mean=dataset.mean, std=dataset.std, **cfg.model_kwargs).to(device)
@@ -301,44 +305,28 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     elif out.exists() and not force:
         raise UsageError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
 
-    split = dataset.train
-    n = len(split)
+    net = model
+    if objective.kind == "classifier":
+        net = accel.prepare(model, precision=cfg.precision, compile=compiled, device=device)
+    train_split, test_split = loader.place(dataset.train, device), loader.place(dataset.test, device)
     meta = None
-    attack_device_gen = None
     with console.progress() as bar:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-            attack_device_gen = make_generator(device, epoch_seed(cfg.seed, epoch) + 1)
-            perm = torch.randperm(n, generator=gen)
             adversarial = cfg.mode != "cvae" and bool(cfg.attacks) and epoch >= cfg.adv_start
             tag = "adv" if adversarial else ("cvae" if cfg.mode == "cvae" else "clean")
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{tag}]", total=n, status="")
-            model.train()
-            tot_loss = tot_correct = seen = 0.0
-            for sl in batches(n, cfg.batch_size):
-                idx = perm[sl]
-                x, y = split.images(idx), split.y[idx]
-                if cfg.augment:
-                    x = _augment(x, gen)
-                x, y = x.to(device), y.to(device)
-                loss, stats = objective.loss(model, x, y, epoch, attack_device_gen, progress=sl.stop / n)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                b = y.shape[0]
-                seen += b
-                tot_loss += float(loss.detach()) * b
-                tot_correct += stats.get("correct", 0)
-                bar.update(task, advance=b, status=f"loss {tot_loss / seen:.4f}")
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{tag}]", total=len(train_split), status="")
+            train_loss, train_accuracy = train_epoch(net, opt, objective, train_split, cfg, epoch, device,
+                                                     bar=bar, task=task)
             bar.remove_task(task)
-            metrics = objective.evaluate(model, dataset, device)
-            record = {"epoch": epoch + 1, "adversarial": adversarial, "train_loss": tot_loss / seen,
+            metrics = objective.evaluate(model, test_split, device)
+            record = {"epoch": epoch + 1, "adversarial": adversarial, "train_loss": train_loss,
                       "seconds": round(time.perf_counter() - t0, 2), **metrics}
-            if objective.kind == "classifier":
-                record["train_accuracy"] = tot_correct / seen
+            if train_accuracy is not None:
+                record["train_accuracy"] = train_accuracy
             history.append(record)
             meta = _meta(cfg, dataset, objective.kind, epoch + 1, history, metrics, cfg.model_kwargs)
+            meta.update(accel.record(cfg.precision, compiled))
             checkpoint.save(out, model, meta, opt)
             shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                               if k not in ("epoch", "adversarial"))
@@ -346,3 +334,39 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     if meta is None:  # zero epochs left to run
         meta = checkpoint.load(out).meta
     return meta
+
+
+def train_epoch(net, opt, objective, split: Split, cfg: TrainConfig, epoch: int, device, *, bar=None, task=None,
+                max_batches: int | None = None) -> tuple[float, float | None]:
+    """One epoch of `objective` over the placed `split`: (mean training loss, accuracy on the
+    training examples, None for the CVAE). The data order, augmentation draws and attack random
+    starts come from generators seeded with (seed, epoch). max_batches: stop early (benchmarks)."""
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    attack_gen = make_generator(device, epoch_seed(cfg.seed, epoch) + 1)
+    n = len(split)
+    order = torch.randperm(n, generator=gen)
+    crops = loader.draw_crops(gen, n, cfg.batch_size) if cfg.augment else None
+    if max_batches is not None:
+        order = order[:max_batches * cfg.batch_size]
+        crops = crops[:len(order)] if crops is not None else None
+    clock = console.StatusClock(bar) if bar is not None else None
+    net.train()
+    # running sums stay on the device: the loop never waits for it (see StatusClock)
+    tot_loss = torch.zeros((), dtype=torch.float64, device=device)
+    tot_correct = torch.zeros((), dtype=torch.float64, device=device)
+    done = 0
+    for x, y, done in loader.batches(split, cfg.batch_size, device, order=order, crops=crops):
+        accel.mark_step(net)
+        loss, correct = objective.loss(net, x, y, epoch, attack_gen, progress=done / n)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot_loss += loss.detach().double() * y.shape[0]
+        if correct is not None:
+            tot_correct += correct
+        if bar is not None:
+            bar.update(task, advance=y.shape[0])
+            if clock.due():
+                bar.update(task, status=f"loss {float(tot_loss) / done:.4f}")
+    done = max(done, 1)
+    return float(tot_loss) / done, (float(tot_correct) / done if objective.kind == "classifier" else None)

@@ -4,7 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+from manifoldadv import accel
+
+# MANIFOLDADV_TEST_MNIST points elsewhere (a GPU machine gets a carried copy)
+SHARED_MNIST = Path(os.environ.get("MANIFOLDADV_TEST_MNIST")
+                    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist")
+REAL_DEFAULT_COMPILE = accel.default_compile
 
 # Tests are dominated by small tensor ops, where a second OpenMP thread buys little and, on a
 # busy machine, costs a lot (spinning barriers: a 64x784 projection measured 28 ms on one
@@ -27,6 +32,9 @@ def _no_user_data_env(monkeypatch, tmp_path):
     # Tests never read the user's data cache or write into the working tree.
     monkeypatch.setenv("MANIFOLDADV_DATA", str(tmp_path / "data-root"))
     monkeypatch.delenv("MANIFOLDADV_DEBUG", raising=False)
+    # Compilation takes seconds per model: on a GPU machine, where training would compile by
+    # default, only the tests about compilation compile.
+    monkeypatch.setattr(accel, "default_compile", lambda device, purpose: False)
     yield
 
 

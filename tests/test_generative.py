@@ -38,7 +38,7 @@ def test_cvae_loss_decreases_on_synthetic(small, tmp_path, likelihood):
     cfg.model_kwargs = {**cfg.model_kwargs, "likelihood": likelihood, "sigma": 0.1}
     torch.manual_seed(0)
     fresh = models.create(cfg.model, in_shape=small.shape, num_classes=10, **cfg.model_kwargs)
-    before = training.cvae_test_metrics(fresh, small, "cpu")
+    before = training.cvae_test_metrics(fresh, small.test, "cpu")
     meta = training.train(cfg, small, device="cpu", out=tmp_path / "c.safetensors")
     # the -ELBO's floor is the reconstruction term of a perfect reconstruction (KL >= 0)
     x = small.test.images().flatten(1).double().clamp(1e-7, 1 - 1e-7)

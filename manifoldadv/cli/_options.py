@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..accel import PRECISIONS
+
 
 class Device(str, Enum):
     auto = "auto"
@@ -38,3 +40,16 @@ Limit = Annotated[
 ]
 Download = Annotated[bool, typer.Option("--download", help="Fetch missing data files (needs torchvision).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
+
+PrecisionName = Enum("PrecisionName", {p: p for p in PRECISIONS}, type=str)
+Precision = Annotated[
+    PrecisionName,
+    typer.Option("--precision", case_sensitive=False,
+                 help="Classifier forwards in fp32, or under bf16 autocast; perturbations, their gradients "
+                      "and the steps stay fp32."),
+]
+Compile = Annotated[
+    Optional[bool],
+    typer.Option("--compile/--no-compile",
+                 help="torch.compile the classifier (default: on with CUDA, off on CPU, where it was slower)."),
+]

@@ -9,13 +9,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint, console
+from .. import accel, checkpoint, console
 from ..attacks import ATTACKS, LATENT, describe, eps_option, make_spec, with_overrides
 from ..config import defaults
 from ..errors import UsageError
 from ..evaluate import attack_accuracy
 from ._app import app
-from ._options import DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from ._options import (Compile, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision, PrecisionName,
+                       Quiet, Seed)
 from .common import dataset as load_data, load_cvae, start
 
 
@@ -32,14 +33,17 @@ def column_label(meta: dict, path: Path) -> str:
 
 
 def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None, eps=None, l1_eps=None,
-               l2_eps=None, latent_eps=None, steps=None, step_size=None, restarts=None, batch_size=None, seed=0):
+               l2_eps=None, latent_eps=None, steps=None, step_size=None, restarts=None, batch_size=None, seed=0,
+               precision="fp32", compile=None):
     """Evaluate every checkpoint under every attack; returns the JSON rows."""
     bs = batch_size or defaults(ds.name).eval_batch_size
+    compiled = accel.resolve_compile(compile, dev, "eval")
     rows = []
     for path in paths:
         model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
         if meta["dataset"] != ds.name:
             raise UsageError(f"{path} was trained on {meta['dataset']}, not {ds.name}")
+        model = accel.prepare(model, precision=precision, compile=compiled, device=dev)
         for name in attack_names:
             one_step = name in ("clean", "fgsm", "vae")  # their steps and step size are fixed
             spec = make_spec(name, ds.name, restarts=restarts,
@@ -50,7 +54,8 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
             res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
                                   label=f"{column_label(meta, Path(path))} / {name}")
             # the same row as `reproduce` keeps for each evaluation
-            row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name, **spec.as_dict(), **res}
+            row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name, **spec.as_dict(), **res,
+                   **accel.record(precision, compiled)}
             if spec.space == "latent":
                 row["cvae"] = str(cvae_path)
             rows.append(row)
@@ -93,6 +98,8 @@ def attack(
     restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts; the worst case per example is kept (default 1; pointwise: 5).")] = None,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for the vae attacks.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
+    precision: Precision = PrecisionName.fp32,
+    compile: Compile = None,
     data_root: DataRoot = None,
     limit: Limit = None,
     download: Download = False,
@@ -117,7 +124,7 @@ def attack(
     ds = load_data(data_name, data_root, limit, download)
     rows = run_matrix(checkpoints, names, ds, dev, cvae_model=cvae_model, cvae_path=cvae, eps=eps, l1_eps=l1_eps,
                       l2_eps=l2_eps, latent_eps=latent_eps, steps=steps, step_size=step_size, restarts=restarts,
-                      batch_size=batch_size, seed=seed)
+                      batch_size=batch_size, seed=seed, precision=precision.value, compile=compile)
     if json_out:
         console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": seed, "results": rows})
         return

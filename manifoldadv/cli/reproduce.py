@@ -10,7 +10,8 @@ import typer
 from .. import console, reproduce as study_run
 from ..study import Study
 from ._app import app
-from ._options import Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from ._options import (Compile, Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision,
+                       PrecisionName, Quiet, Seed)
 from .common import dataset as load_data, start
 from .train import Strategy
 
@@ -23,6 +24,8 @@ def reproduce(
     strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy.")] = Strategy.avg,
     theory: Annotated[bool, typer.Option("--theory/--no-theory", help="Run `theory verify` into the report.")] = True,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
+    precision: Precision = PrecisionName.fp32,
+    compile: Compile = None,
     data_root: DataRoot = None,
     limit: Limit = None,
     download: Download = False,
@@ -36,7 +39,7 @@ def reproduce(
     dev = start(seed=seed, device=device, quiet=quiet)
     run_dir = run_dir or Path("runs") / data.value
     study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value,
-                  train_steps=train_steps)
+                  train_steps=train_steps, precision=precision.value, compile=compile)
     ds = study.subset(load_data(data.value, data_root, limit, download))
     results = study_run.run(study, ds, theory=theory)
     if json_out:

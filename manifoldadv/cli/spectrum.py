@@ -11,12 +11,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint, console
+from .. import accel, checkpoint, console
 from ..checkpoint import atomic_write_text
 from ..errors import UsageError
 from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
-from ._options import DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from ._options import (Compile, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision,
+                       PrecisionName, Quiet, Seed)
 from .common import dataset as load_data, start
 
 
@@ -84,6 +85,8 @@ def spectrum(
     recon: Annotated[bool, typer.Option("--recon", help="Also measure the CVAE's reconstructions G(I(x)) and compare each latent-attack set with them (the perturbation's effect without the encode-decode loss).")] = False,
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many leading eigenvalues form the 'top' (default 30; synthetic: its manifold rank).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
+    precision: Precision = PrecisionName.fp32,
+    compile: Compile = None,
     data_root: DataRoot = None,
     limit: Limit = None,
     download: Download = False,
@@ -105,8 +108,9 @@ def spectrum(
     ds = load_data(data_name, data_root, limit, download)
     cls = parse_classes(classes, ds.num_classes)
     top = top or ds.info.get("manifold_rank", TOP)
+    compiled = accel.resolve_compile(compile, dev, "eval")
     sets = compute(checkpoints, ds, cls, dev, attack=attack.value, cvae=cvae, batch_size=batch_size, seed=seed,
-                   reconstructions=recon, top=top)
+                   reconstructions=recon, top=top, precision=precision.value, compile=compiled)
     summary = summarize_all(sets, floor_rel=floor, top=top)
     if plot_path is not None:
         plot(plot_path, sets, cls, top=top, title=f"{data_name}: per-class covariance eigenvalues")
@@ -115,7 +119,8 @@ def spectrum(
         write_csv(csv, sets)
         console.log(f"wrote {csv}")
     if json_out:
-        console.emit_json({"dataset": data_name, **to_json(sets, summary, cls, floor, top)})
+        console.emit_json({"dataset": data_name, **accel.record(precision.value, compiled),
+                           **to_json(sets, summary, cls, floor, top)})
         return
     if summary:
         console.out.print(render(sets, summary, top))

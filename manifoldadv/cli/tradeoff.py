@@ -11,7 +11,8 @@ from rich.table import Table
 from .. import console, report
 from ..study import Study
 from ._app import app
-from ._options import Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Quiet, Seed
+from ._options import (Compile, Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision,
+                       PrecisionName, Quiet, Seed)
 from .common import dataset as load_data, start
 from .train import Strategy
 
@@ -54,6 +55,8 @@ def tradeoff(
     strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy of the joint models.")] = Strategy.avg,
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets (smoke run).")] = False,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
+    precision: Precision = PrecisionName.fp32,
+    compile: Compile = None,
     data_root: DataRoot = None,
     limit: Limit = None,
     download: Download = False,
@@ -65,7 +68,7 @@ def tradeoff(
     """l1-adv / l-inf-adv / joint-lp and PGD-adv / VAE-adv / joint under their attacks, and the trade-off."""
     dev = start(seed=seed, device=device, quiet=quiet)
     study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value,
-                  train_steps=train_steps)
+                  train_steps=train_steps, precision=precision.value, compile=compile)
     ds = study.subset(load_data(data.value, data_root, limit, download))
     trade = study.tradeoff(ds)
     if json_out:

@@ -10,7 +10,8 @@ import typer
 
 from .. import console, training
 from ._app import app
-from ._options import Data, DataName, DataRoot, DeviceOpt, Device, Download, Json, Limit, Quiet, Seed
+from ._options import (Compile, Data, DataName, DataRoot, DeviceOpt, Device, Download, Json, Limit, Precision,
+                       PrecisionName, Quiet, Seed)
 from .common import dataset as load_data, load_cvae, start
 
 Mode = Enum("Mode", {m: m for m in training.MODES}, type=str)
@@ -60,6 +61,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Checkpoint path (default runs/<data>-<mode>.safetensors).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint at --out.")] = False,
+    precision: Precision = PrecisionName.fp32,
+    compile: Compile = None,
     data_root: DataRoot = None,
     limit: Limit = None,
     download: Download = False,
@@ -78,7 +81,7 @@ def train(
         step_size=step_size, strategy=strategy.value, clean_weight=clean_weight, eps_warmup=eps_warmup,
         augment=augment, latent=latent,
         seed=seed, limit=limit,
-        cvae=str(cvae) if cvae else None,
+        cvae=str(cvae) if cvae else None, precision=precision.value,
     )
     ds = load_data(data_name, data_root, limit, download)
     cvae_model = None
@@ -87,7 +90,7 @@ def train(
         cfg.cvae = str(cvae_path)
     console.log(f"training {cfg.model} on {data_name} ({len(ds.train)} examples), mode {mode_name}, "
                 f"{cfg.epochs} epochs -> {out}")
-    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model)
+    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, compile=compile)
     summary = {"checkpoint": str(out), **{k: v for k, v in meta.items() if k not in ("optimizer",)}}
     if json_out:
         console.emit_json(summary)
