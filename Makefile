@@ -10,7 +10,7 @@ CUDA_ARCHS ?= 80 90
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test bench cuda-check clean distclean
+.PHONY: setup demo test bench cuda-check gpu-check clean distclean
 
 setup: $(VENV)/.built
 
@@ -67,6 +67,14 @@ endif
 
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# On a CUDA machine whose python already has torch with CUDA (no venv there): build, CUDA tests,
+# the suite, kernel and training timings; see bench/gpu_check.py. GPU_CHECK_ARGS=--dry-run runs
+# the tiny CPU version (the suite runs it too).
+GPU_PY ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build manifoldadv/*.so .pytest_cache

@@ -8,6 +8,10 @@ the byte limit: a preallocated 3-read-1-write torch.addcmul(x, x0, g, out=o) of 
 Per-class covariance (10 classes, 60k rows, d = 784 and 3072): the fused op (update + finalize)
 against a float64 per-class numpy np.cov loop and numpy's float64 X.T @ X over the same rows.
 
+End to end (`--only train`): adversarial-training throughput (images/s through PGD-K, batch
+128) of LeNet5 on MNIST-shaped and ResNet32 on CIFAR-shaped (augmented) data, the training loop
+(`manifoldadv.training.train_epoch`) against the loop it replaced (bench/legacy_loop.py).
+
 Every number is a ratio taken within one run: the variants of one row are timed round-robin
 (so load changes hit them alike), after warm-up, median of the repeats, and the inputs rotate
 over enough distinct sets (>= 96 MiB together) that no variant reads them from cache. The
@@ -47,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from manifoldadv import ops  # noqa: E402
 
 SIZES = [(128, 1, 28, 28), (1024, 1, 28, 28), (256, 3, 32, 32), (1024, 3, 32, 32)]
@@ -318,6 +323,60 @@ def bench_cov(dims, n_rows, *, quick, log):
     return rows
 
 
+# ------------------------------------------------------------------------------ training loop
+
+TRAIN_CASES = [  # (data, model, PGD steps, batches timed per call)
+    ("mnist", "lenet5", 40, 4),
+    ("cifar10", "resnet32", 10, 2),
+]
+
+
+def bench_train(*, quick, log):
+    """images/s of the new training loop and of the old one, round-robin, same data and seeds."""
+    from legacy_loop import legacy_epoch
+    from manifoldadv import loader, models, training
+    from manifoldadv.data import CIFAR_MEAN, CIFAR_STD, MNIST_MEAN, MNIST_STD, Split
+
+    rows = []
+    for data, model_name, steps, batches in TRAIN_CASES:
+        if quick:
+            steps, batches = max(2, steps // 10), 1
+        shape, mean, std = ((3, 32, 32), CIFAR_MEAN, CIFAR_STD) if data == "cifar10" else ((1, 28, 28), MNIST_MEAN, MNIST_STD)
+        cfg = training.resolve_config(data, "pgd", epochs=1, adv_start=0, steps=steps, eps_warmup=0)
+        n = batches * cfg.batch_size
+        gen = torch.Generator().manual_seed(0)
+        split = Split(torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8),
+                      torch.randint(0, 10, (n,), generator=gen))
+        cpu = torch.device("cpu")
+        finals = {}
+
+        def run(kind):
+            def call(i):
+                torch.manual_seed(0)
+                model = models.create(model_name, in_shape=shape, num_classes=10, mean=mean, std=std)
+                opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                objective = training.ClassifierObjective(cfg)
+                if kind == "old":
+                    legacy_epoch(model, opt, objective, split, cfg, 0, cpu)
+                else:
+                    training.train_epoch(model, opt, objective, loader.place(split, cpu), cfg, 0, cpu)
+                finals[kind] = [p.detach() for p in model.parameters()]
+            return call
+
+        times = timed_round_robin({"old": run("old"), "new": run("new")}, budget_s=0.0,
+                                  min_reps=1 if quick else 3, max_reps=3, warmup=1)
+        med = medians(times)
+        same = all(torch.equal(a, b) for a, b in zip(finals["old"], finals["new"]))
+        row = {"model": model_name, "data": data, "attack_steps": steps, "batch_size": cfg.batch_size,
+               "images": n, "augment": cfg.augment, "s": med, "reps": {k: len(v) for k, v in times.items()},
+               "images_per_s": {k: n / v for k, v in med.items()}, "new_over_old": med["old"] / med["new"],
+               "identical_weights": same}
+        rows.append(row)
+        log(f"training {model_name} PGD-{steps}: old {n / med['old']:.1f} images/s, new {n / med['new']:.1f} "
+            f"images/s (x{row['new_over_old']:.3f}), identical weights: {same}")
+    return rows
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -367,6 +426,11 @@ def evaluate_targets(res):
                     "worst": r["fused_over_limit"], "met": r["fused_over_limit"] <= 1.3})
         out.append({"target": f"covariance d={r['d']}: float64-accurate (rel err <= 1e-10 vs np.cov)",
                     "worst": r["max_rel_err_vs_np_cov"], "met": r["max_rel_err_vs_np_cov"] <= 1e-10})
+    for r in res.get("train", []):
+        out.append({"target": f"training loop {r['model']} PGD-{r['attack_steps']}: new >= 0.95x old throughput",
+                    "worst": r["new_over_old"], "met": r["new_over_old"] >= 0.95})
+        out.append({"target": f"training loop {r['model']}: same weights as the old loop",
+                    "worst": float(r["identical_weights"]), "met": r["identical_weights"]})
     for r in res["pgd_step"]:
         if r["norm"] == "l1":
             out.append({"target": f"l1 exact to 1e-6 at {'x'.join(map(str, r['shape']))}",
@@ -417,7 +481,16 @@ def print_tables(res):
                       f"{r['np_cov_over_fused']:.2f}", f"{r['fused_over_limit']:.2f}",
                       f"{r['max_rel_err_vs_np_cov']:.1e}")
         con.print(t)
-    t = Table(title="targets (issue 3)")
+    if res.get("train"):
+        t = Table(title="adversarial training loop, batch 128 (images/s, median; ratios within this run)")
+        for col in ["model", "PGD steps", "images", "augment", "old loop", "new loop", "new/old", "same weights"]:
+            t.add_column(col, justify="right")
+        for r in res["train"]:
+            ips = r["images_per_s"]
+            t.add_row(r["model"], str(r["attack_steps"]), str(r["images"]), str(r["augment"]), f"{ips['old']:.1f}",
+                      f"{ips['new']:.1f}", f"{r['new_over_old']:.3f}", str(r["identical_weights"]))
+        con.print(t)
+    t = Table(title="targets")
     t.add_column("target")
     t.add_column("worst", justify="right")
     t.add_column("met")
@@ -461,6 +534,14 @@ def markdown(res):
             out.append(f"| {r['d']} | {r['rows']} | {s_['fused']:.3f} | {s_['np_cov_loop']:.3f} | {s_['XtX']:.3f} "
                        f"| {r['np_cov_over_fused']:.2f} | {r['fused_over_limit']:.2f} | {r['max_rel_err_vs_np_cov']:.1e} |")
         out.append("")
+    if res.get("train"):
+        out += ["| model | PGD steps | images | augment | old loop images/s | new loop images/s | new/old | same weights |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in res["train"]:
+            ips = r["images_per_s"]
+            out.append(f"| {r['model']} | {r['attack_steps']} | {r['images']} | {r['augment']} | {ips['old']:.1f} "
+                       f"| {ips['new']:.1f} | {r['new_over_old']:.3f} | {r['identical_weights']} |")
+        out.append("")
     out += ["| target | worst | met |", "|---|---|---|"]
     out += [f"| {t['target']} | {t['worst']:.3g} | {'yes' if t['met'] else '**no**'} |" for t in res["targets"]]
     return "\n".join(out)
@@ -472,7 +553,7 @@ def main(argv=None):
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller covariance (smoke test)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    p.add_argument("--only", choices=["pgd", "cov"], help="run one half")
+    p.add_argument("--only", choices=["pgd", "cov", "train"], help="run one part")
     p.add_argument("--threads", type=int, help="torch / BLAS threads (default: torch's default)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time (default) or process CPU time (only meaningful with --threads 1)")
@@ -498,7 +579,7 @@ def main(argv=None):
     t0 = time.time()
     res = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "clock": a.clock,
            "command": " ".join([Path(sys.executable).name] + sys.argv), "pgd_step": [], "threads": [],
-           "covariance": []}
+           "covariance": [], "train": []}
     sizes = SIZES[:1] + SIZES[-1:] if a.quick else SIZES
     # The covariance half first, while the process holds nothing but its imports. Its variants
     # allocate 1.5-2.2 GB of fresh memory per call, and what that costs on this VM depends on what
@@ -510,6 +591,8 @@ def main(argv=None):
         res["pgd_step"] = bench_pgd(sizes, list(NORMS), quick=a.quick, use_compile=not a.no_compile, log=log)
         if torch.get_num_threads() > 1:
             res["threads"] = bench_threads(list(NORMS), SIZES[-1], quick=a.quick, log=log)
+    if a.only in (None, "train"):
+        res["train"] = bench_train(quick=a.quick, log=log)
     res["targets"] = evaluate_targets(res)
     res["loadavg_end"] = os.getloadavg()
     res["seconds"] = time.time() - t0
