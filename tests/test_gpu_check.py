@@ -1,0 +1,27 @@
+"""`make gpu-check` cannot rot between GPU sessions: its --dry-run runs the same sections at tiny
+sizes on this CPU (no build, no tests inside the tests)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert res["dry_run"] and "error" not in res
+    assert {r["norm"] for r in res["pgd_step"]} == {"linf", "l2", "l1"}
+    assert all(r["max_abs_err"] <= 1e-6 for r in res["pgd_step"]) and res["class_cov"][0]["max_rel_err"] < 1e-12
+    timed = [r for r in res["train"] if "epoch_s" in r]
+    assert {(r["model"], r["loop"]) for r in timed} >= {("resnet32", "old"), ("resnet32", "new"), ("lenet5", "old"),
+                                                       ("lenet5", "new")}
+    # at these sizes both loops warm up on the whole split, then train the same batches: equal losses
+    for model in ("resnet32", "lenet5"):
+        losses = {r["loop"]: r["loss"] for r in timed if r["model"] == model and r["precision"] == "fp32"}
+        assert losses["old"] == losses["new"], losses
+    assert "GPU check:" in p.stdout and "train resnet32" in p.stdout
