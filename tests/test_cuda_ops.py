@@ -29,8 +29,6 @@ def test_cuda_backends_are_compiled():
 
 
 @pytest.mark.parametrize("norm,eps,step", [("linf", 8 / 255, 2 / 255), ("l2", 0.5, 0.1), ("l1", 8.0, 1.0)])
-# l2 goes one warp per sample up to 8192 elements, one block per sample above: both sides, and
-# batches that do not fill the last block's warps
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33), (64, 1, 28, 28), (16, 3, 32, 32), (9, 8192), (3, 8193),
                                    (2, 100_003)])
 @pytest.mark.parametrize("box", [(0.0, 1.0), (-INF, INF)])

@@ -5,9 +5,8 @@
 // otherwise contract a*b + c into one FMA).
 //
 // - linf: elementwise, grid-stride, 16-byte vector loads when every pointer is aligned.
-// - l2: a read pass accumulating ||g||^2, <x - x0, g>, ||x - x0||^2 in float64 and one
-//   reduction, then a write pass (16-byte loads when possible); one warp per sample up to
-//   kWarpMaxN elements, one block per sample above.
+// - l2: one block per sample: a read pass accumulating ||g||^2, <x - x0, g>, ||x - x0||^2 in
+//   float64 and one block reduction, then a write pass (16-byte loads when possible).
 // - l1: one block per sample: the SLIDE threshold (k-th largest |g|) by a 4-pass radix select
 //   over the float bits (|g| >= 0, so bits order like values; 256-bin shared histograms), then
 //   the exact projection's lam by the bracketed Newton iteration of the CPU kernel (see
@@ -145,8 +144,31 @@ __device__ __forceinline__ void l2_acc(Sum3& s, float x, float x0, float g) {
   s.c += d * d;
 }
 
-// The write pass's parameters from the read pass's sums (||g||^2, <x - x0, g>, ||x - x0||^2).
-__device__ L2Write l2_writer(const Sum3& s, float step_f, double step, double eps, float lo, float hi) {
+// One block per sample. PACKED: n is a multiple of the pack size and all pointers are aligned.
+template <typename T, bool PACKED>
+__global__ void l2_kernel(const T* x, const T* x0, const T* g, T* out, int64_t n, float step_f,
+                          double step, double eps, float lo, float hi) {
+  __shared__ Sum3 smem[kWarps];
+  constexpr int P = Pack<T>::kSize;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  x += base;
+  x0 += base;
+  g += base;
+  out += base;
+  Sum3 s{0.0, 0.0, 0.0};
+  if (PACKED) {
+    for (int64_t p = threadIdx.x; p < n / P; p += kBlock) {
+      const Pack<T> a = reinterpret_cast<const Pack<T>*>(x)[p];
+      const Pack<T> b = reinterpret_cast<const Pack<T>*>(x0)[p];
+      const Pack<T> c = reinterpret_cast<const Pack<T>*>(g)[p];
+#pragma unroll
+      for (int j = 0; j < P; ++j) l2_acc(s, to_f(a.v[j]), to_f(b.v[j]), to_f(c.v[j]));
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += kBlock) l2_acc(s, to_f(x[i]), to_f(x0[i]), to_f(g[i]));
+  }
+  s = block_sum3(s, smem);
+
   L2Write w;
   w.nan = !isfinite(s.c);  // some x or x0 not finite
   const double gn = sqrt(s.a);
@@ -161,36 +183,8 @@ __device__ L2Write l2_writer(const Sum3& s, float step_f, double step, double ep
   w.scale = dn > eps ? static_cast<float>(eps / dn) : 1.0f;
   w.lo = lo;
   w.hi = hi;
-  return w;
-}
-
-// One sample's read pass over the elements first, first + stride, ... (threads of a block or
-// lanes of a warp). PACKED: n is a multiple of the pack size and all pointers are aligned.
-template <typename T, bool PACKED>
-__device__ __forceinline__ Sum3 l2_read(const T* x, const T* x0, const T* g, int64_t n, int first,
-                                        int stride) {
-  constexpr int P = Pack<T>::kSize;
-  Sum3 s{0.0, 0.0, 0.0};
   if (PACKED) {
-    for (int64_t p = first; p < n / P; p += stride) {
-      const Pack<T> a = reinterpret_cast<const Pack<T>*>(x)[p];
-      const Pack<T> b = reinterpret_cast<const Pack<T>*>(x0)[p];
-      const Pack<T> c = reinterpret_cast<const Pack<T>*>(g)[p];
-#pragma unroll
-      for (int j = 0; j < P; ++j) l2_acc(s, to_f(a.v[j]), to_f(b.v[j]), to_f(c.v[j]));
-    }
-  } else {
-    for (int64_t i = first; i < n; i += stride) l2_acc(s, to_f(x[i]), to_f(x0[i]), to_f(g[i]));
-  }
-  return s;
-}
-
-template <typename T, bool PACKED>
-__device__ __forceinline__ void l2_write(const T* x, const T* x0, const T* g, T* out, int64_t n,
-                                         int first, int stride, const L2Write& w) {
-  constexpr int P = Pack<T>::kSize;
-  if (PACKED) {
-    for (int64_t p = first; p < n / P; p += stride) {
+    for (int64_t p = threadIdx.x; p < n / P; p += kBlock) {
       const Pack<T> a = reinterpret_cast<const Pack<T>*>(x)[p];
       const Pack<T> b = reinterpret_cast<const Pack<T>*>(x0)[p];
       const Pack<T> c = reinterpret_cast<const Pack<T>*>(g)[p];
@@ -200,44 +194,10 @@ __device__ __forceinline__ void l2_write(const T* x, const T* x0, const T* g, T*
       reinterpret_cast<Pack<T>*>(out)[p] = o;
     }
   } else {
-    for (int64_t i = first; i < n; i += stride) out[i] = from_f<T>(w(to_f(x[i]), to_f(x0[i]), to_f(g[i])));
+    for (int64_t i = threadIdx.x; i < n; i += kBlock) {
+      out[i] = from_f<T>(w(to_f(x[i]), to_f(x0[i]), to_f(g[i])));
+    }
   }
-}
-
-// Samples up to this size go one per warp: a whole block per small sample spends its time in
-// block-wide barriers and leaves threads idle (784 floats are 196 packs for 256 threads); a
-// warp reduces with shuffles alone and a block works on kWarps samples at once.
-constexpr int64_t kWarpMaxN = 8192;
-
-// One block per sample (large samples).
-template <typename T, bool PACKED>
-__global__ void l2_kernel(const T* x, const T* x0, const T* g, T* out, int64_t n, float step_f,
-                          double step, double eps, float lo, float hi) {
-  __shared__ Sum3 smem[kWarps];
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
-  Sum3 s = l2_read<T, PACKED>(x + base, x0 + base, g + base, n, threadIdx.x, kBlock);
-  s = block_sum3(s, smem);
-  const L2Write w = l2_writer(s, step_f, step, eps, lo, hi);
-  l2_write<T, PACKED>(x + base, x0 + base, g + base, out + base, n, threadIdx.x, kBlock, w);
-}
-
-// One warp per sample (n <= kWarpMaxN). The xor butterfly leaves the same sums in every lane
-// (each addition meets the same two operands, in either order).
-template <typename T, bool PACKED>
-__global__ void l2_warp_kernel(const T* x, const T* x0, const T* g, T* out, int64_t batch, int64_t n,
-                               float step_f, double step, double eps, float lo, float hi) {
-  const int lane = threadIdx.x & 31;
-  const int64_t sample = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (sample >= batch) return;  // uniform within the warp; no block barrier follows
-  const int64_t base = sample * n;
-  Sum3 s = l2_read<T, PACKED>(x + base, x0 + base, g + base, n, lane, 32);
-  for (int o = 16; o > 0; o >>= 1) {
-    s.a += __shfl_xor_sync(0xffffffffu, s.a, o);
-    s.b += __shfl_xor_sync(0xffffffffu, s.b, o);
-    s.c += __shfl_xor_sync(0xffffffffu, s.c, o);
-  }
-  const L2Write w = l2_writer(s, step_f, step, eps, lo, hi);
-  l2_write<T, PACKED>(x + base, x0 + base, g + base, out + base, n, lane, 32, w);
 }
 
 // -------------------------------------------------------------------------------------- l1
@@ -430,18 +390,8 @@ cudaError_t launch_typed(const StepParams& p, Norm norm, int num_sms, cudaStream
           x, x0, g, out, total, aligned, step_f, eps_f, lo_f, hi_f);
       break;
     }
-    case Norm::L2: {
-      const bool packed = aligned && p.n % P == 0;
-      if (p.n <= kWarpMaxN) {
-        const auto blocks = static_cast<unsigned int>((p.batch + kWarps - 1) / kWarps);
-        if (packed) {
-          l2_warp_kernel<T, true><<<blocks, kBlock, 0, stream>>>(x, x0, g, out, p.batch, p.n, step_f,
-                                                                 p.step, p.eps, lo_f, hi_f);
-        } else {
-          l2_warp_kernel<T, false><<<blocks, kBlock, 0, stream>>>(x, x0, g, out, p.batch, p.n, step_f,
-                                                                  p.step, p.eps, lo_f, hi_f);
-        }
-      } else if (packed) {
+    case Norm::L2:
+      if (aligned && p.n % P == 0) {
         l2_kernel<T, true><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, step_f, p.step,
                                                             p.eps, lo_f, hi_f);
       } else {
@@ -449,7 +399,6 @@ cudaError_t launch_typed(const StepParams& p, Norm norm, int num_sms, cudaStream
                                                              p.eps, lo_f, hi_f);
       }
       break;
-    }
     case Norm::L1:
       l1_kernel<T><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, p.k, step_f, p.eps, lo_f,
                                                    hi_f, p.lo, p.hi);
