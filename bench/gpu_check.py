@@ -64,7 +64,10 @@ def sh(cmd, *, timeout, env=None, log=None) -> dict:
     if log is not None:
         Path(log).write_text(text)
     tail = "\n".join(text.strip().splitlines()[-15:])
-    return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.monotonic() - t0, 1), "tail": tail}
+    failed = sorted({ln.split("FAILED", 1)[1].split()[0] if "FAILED " in ln else ln.strip()
+                     for ln in text.splitlines() if "FAILED" in ln or "crashed while running" in ln})
+    return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.monotonic() - t0, 1), "tail": tail,
+            "failed": failed}
 
 
 # ----------------------------------------------------------------------------- environment
@@ -275,6 +278,13 @@ def bench_train(torch, dev, budget, *, dry_run, save) -> list:
                 training.train_epoch(net, opt, objective, warm, cfg, 0, dev)
                 sync(torch)
                 row["warmup_s"] = time.perf_counter() - t0
+                # first over the old loop's window (same batches, same length: a like-for-like ratio)
+                batches = min(OLD_LOOP_BATCHES, -(-n // cfg.batch_size))
+                t0 = time.perf_counter()
+                row["window_loss"], _ = training.train_epoch(net, opt, objective, placed, cfg, 1, dev,
+                                                             max_batches=batches)
+                sync(torch)
+                row["window_images_per_s"] = min(n, batches * cfg.batch_size) / (time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 loss, acc = training.train_epoch(net, opt, objective, placed, cfg, 1, dev)
                 sync(torch)
@@ -355,7 +365,8 @@ def table(res) -> str:
              f"CUDA {res['env']['torch_cuda']}, commit {res['env'].get('commit')}, {res['seconds']:.0f} s"]
     for k in ("build", "tests", "suite"):
         if k in res:
-            lines.append(f"  {k:8s} rc {res[k]['rc']} in {res[k]['seconds']} s  {res[k]['tail'].splitlines()[-1] if res[k]['tail'] else ''}")
+            lines.append(f"  {k:8s} rc {res[k]['rc']} in {res[k]['seconds']} s  {last_line(res[k]['tail'])}")
+            lines += [f"           failed: {f}" for f in res[k].get("failed", [])]
     for r in res.get("pgd_step", []):
         lines.append(f"  pgd_step {r['norm']:4s} {'x'.join(map(str, r['shape'])):>14s}  {r['ms']:8.3f} ms  in-place "
                      f"{r['inplace_ms']:8.3f} ms  {r['gbps']:6.0f} GB/s  copy {r['copy_gbps']:5.0f} GB/s  "
@@ -370,8 +381,10 @@ def table(res) -> str:
             lines.append(f"{what}  {r.get('error') or r.get('skipped')}")
             continue
         if r["loop"] == "old":
-            base[r["model"]] = r["epoch_s"]
-        vs = f"  x{base[r['model']] / r['epoch_s']:.2f} the old loop" if r["loop"] == "new" and r["model"] in base else ""
+            base[r["model"]] = r["images_per_s"]
+        vs = ""
+        if r["loop"] == "new" and r["model"] in base and "window_images_per_s" in r:
+            vs = f"  x{r['window_images_per_s'] / base[r['model']]:.2f} the old loop over its {OLD_LOOP_BATCHES} batches"
         warm = f"  (warm-up {r['warmup_s']:.1f} s)" if "warmup_s" in r else ""
         lines.append(f"{what}  {r['epoch_s']:7.1f} s/epoch  {r['images_per_s']:8.0f} images/s{vs}{warm}")
     for r in res.get("steps", []):
@@ -395,7 +408,7 @@ def targets(res) -> list:
     rows = [r for r in res.get("train", []) if "epoch_s" in r and r["model"] == "resnet32"]
     old = next((r["epoch_s"] for r in rows if r["loop"] == "old"), None)
     fast = next((r["epoch_s"] for r in rows if r["loop"] == "new" and r["precision"] == "bf16" and r["compile"]), None)
-    if old and fast:
+    if old and fast:  # steady state: the compiled row's warm-up (compilation) is reported apart
         out.append(("ResNet32 PGD-10 epoch, bf16 + compile >= 3x the old fp32 eager loop", old / fast, old / fast >= 3))
     return out
 
@@ -452,14 +465,15 @@ def main(argv=None) -> int:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want("tests", 30):
         say("CUDA tests")
-        res["tests"] = sh([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
+        # -v: every test's outcome is printed as it ends, so a run cut short still names its failures
+        res["tests"] = sh([sys.executable, "-m", "pytest", "-v", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
                           timeout=min(budget.left() - 20, 120), log=outdir / "tests.log")
         say(f"tests rc {res['tests']['rc']}: {last_line(res['tests']['tail'])}")
         save(res)
     if want("suite", 30):
         say("the rest of the suite (CLI commands run on the GPU: their --device default is auto)")
         workers = ["-n", str(max(1, min(12, (os.cpu_count() or 2) - 2)))] if importlib.util.find_spec("xdist") else []
-        res["suite"] = sh([sys.executable, "-m", "pytest", "-q", "-m", "not cuda", "-p", "no:cacheprovider",
+        res["suite"] = sh([sys.executable, "-m", "pytest", "-v", "-m", "not cuda", "-p", "no:cacheprovider",
                            *workers, "tests"], timeout=min(budget.left() - 20, 110), log=outdir / "suite.log")
         say(f"suite rc {res['suite']['rc']}: {last_line(res['suite']['tail'])}")
         save(res)

@@ -448,18 +448,19 @@ def print_tables(res):
               f"{m['torch_threads']} torch threads, kernels: {m['kernel_isa']}), torch {m['torch']}, "
               f"numpy {m['numpy']}; {res['clock']} clock; load average at start "
               f"{tuple(round(v, 2) for v in m['loadavg_start'])}")
-    t = Table(title="pgd_step (ms per call, median; ratios within this run)")
-    for col in ["norm", "shape", "fused", "in place", "eager", "compiled", "limit", "x eager",
-                "x compiled", "fused/limit", "in-place/limit"]:
-        t.add_column(col, justify="right")
-    for r in res["pgd_step"]:
-        ms = r["ms"]
-        t.add_row(r["norm"], "x".join(map(str, r["shape"])), f"{ms['fused']:.3f}", f"{ms['inplace']:.3f}",
-                  f"{ms['eager']:.2f}", f"{ms['compiled']:.2f}" if "compiled" in ms else "n/a",
-                  f"{ms['limit']:.3f}", f"{r['speedup_eager']:.1f}",
-                  f"{r['speedup_compiled']:.1f}" if r["speedup_compiled"] else "n/a",
-                  f"{r['fused_over_limit']:.2f}", f"{r['inplace_over_limit']:.2f}")
-    con.print(t)
+    t = Table(title="pgd_step (ms per call, median; ratios within this run)") if res["pgd_step"] else None
+    if t is not None:
+        for col in ["norm", "shape", "fused", "in place", "eager", "compiled", "limit", "x eager",
+                    "x compiled", "fused/limit", "in-place/limit"]:
+            t.add_column(col, justify="right")
+        for r in res["pgd_step"]:
+            ms = r["ms"]
+            t.add_row(r["norm"], "x".join(map(str, r["shape"])), f"{ms['fused']:.3f}", f"{ms['inplace']:.3f}",
+                      f"{ms['eager']:.2f}", f"{ms['compiled']:.2f}" if "compiled" in ms else "n/a",
+                      f"{ms['limit']:.3f}", f"{r['speedup_eager']:.1f}",
+                      f"{r['speedup_compiled']:.1f}" if r["speedup_compiled"] else "n/a",
+                      f"{r['fused_over_limit']:.2f}", f"{r['inplace_over_limit']:.2f}")
+        con.print(t)
     notes = sorted({r["compiled_note"] for r in res["pgd_step"] if r["compiled_note"]})
     for n in notes:
         con.print(f"  compiled: {n}")
