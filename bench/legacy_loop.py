@@ -1,14 +1,14 @@
 """The training loop as it was before batches moved to the device (kept for `make bench` and
 `make gpu-check`, which time it beside `manifoldadv.training.train_epoch`): each batch gathered
 in host memory and copied over, CIFAR augmentation as a Python loop over the images, and the
-loss and accuracy read back (a device synchronisation) after every batch."""
+loss and accuracy read back (a device synchronisation) after every batch. The objective (the
+attacks and the loss) is the current one: only the loop around it is the old one."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from manifoldadv.attacks import perturb
 from manifoldadv.evaluate import make_generator
 from manifoldadv.training import epoch_seed
 
@@ -21,25 +21,6 @@ def augment(x, gen):
     flip = torch.rand(b, generator=gen) < 0.5
     out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), out.flip(3), out)
-
-
-def loss(objective, model, x, y, epoch, gen, progress):
-    if not objective.specs or epoch < objective.cfg.adv_start:
-        logits = model(x)
-        return F.cross_entropy(logits, y), int((logits.argmax(1) == y).sum())
-    losses, correct = [], 0
-    for spec in objective.specs:
-        x_adv = perturb(model, x, y, objective.warm(spec, epoch + progress), cvae=objective.cvae, generator=gen)
-        logits = model(x_adv)
-        losses.append(F.cross_entropy(logits, y, reduction="none"))
-        correct += int((logits.argmax(1) == y).sum())
-    stacked = torch.stack(losses)
-    per_sample = stacked.mean(0) if objective.cfg.strategy == "avg" else stacked.max(0).values
-    total = per_sample.mean()
-    w = objective.cfg.clean_weight
-    if w > 0:
-        total = (1 - w) * total + w * F.cross_entropy(model(x), y)
-    return total, correct / len(objective.specs)
 
 
 def legacy_epoch(model, opt, objective, split, cfg, epoch, device, *, max_batches=None):
@@ -58,12 +39,12 @@ def legacy_epoch(model, opt, objective, split, cfg, epoch, device, *, max_batche
         if cfg.augment:
             x = augment(x, gen)
         x, y = x.to(device), y.to(device)
-        value, correct = loss(objective, model, x, y, epoch, attack_gen, sl.stop / n)
+        value, correct = objective.loss(model, x, y, epoch, attack_gen, progress=sl.stop / n)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
         b = y.shape[0]
         seen += b
         tot_loss += float(value.detach()) * b
-        tot_correct += correct
+        tot_correct += float(correct)
     return tot_loss / seen, tot_correct / seen

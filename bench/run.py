@@ -511,41 +511,37 @@ def markdown(res):
            f"Load average {tuple(round(v, 2) for v in m['loadavg_start'])} at start, "
            f"{tuple(round(v, 2) for v in res['loadavg_end'])} at end. Command: `{res['command']}` ({res['date']}).", ""]
     if res["pgd_step"]:
-        out += ["| norm | shape | fused ms | in-place ms | eager ms | compiled ms | limit ms | x eager | x compiled "
-                "| fused/limit | in-place/limit |", "|" + "---|" * 11]
-        for r in res["pgd_step"]:
-            ms = r["ms"]
-            comp = f"{ms['compiled']:.3f}" if "compiled" in ms else "n/a"
-            xc = f"{r['speedup_compiled']:.1f}" if r["speedup_compiled"] else "n/a"
-            out.append(f"| {r['norm']} | {'x'.join(map(str, r['shape']))} | {ms['fused']:.3f} | {ms['inplace']:.3f} "
-                       f"| {ms['eager']:.3f} | {comp} | {ms['limit']:.3f} | {r['speedup_eager']:.1f} | {xc} "
-                       f"| {r['fused_over_limit']:.2f} | {r['inplace_over_limit']:.2f} |")
-        out.append("")
+        out += md_table(["norm", "shape", "fused ms", "in-place ms", "eager ms", "compiled ms", "limit ms", "x eager",
+                         "x compiled", "fused/limit", "in-place/limit"],
+                        [[r["norm"], "x".join(map(str, r["shape"])), f"{r['ms']['fused']:.3f}",
+                          f"{r['ms']['inplace']:.3f}", f"{r['ms']['eager']:.3f}",
+                          f"{r['ms']['compiled']:.3f}" if "compiled" in r["ms"] else "n/a", f"{r['ms']['limit']:.3f}",
+                          f"{r['speedup_eager']:.1f}", f"{r['speedup_compiled']:.1f}" if r["speedup_compiled"] else "n/a",
+                          f"{r['fused_over_limit']:.2f}", f"{r['inplace_over_limit']:.2f}"] for r in res["pgd_step"]])
     if res["threads"]:
-        out += ["| norm | threads | CPU s of the busiest threads | wall s | x vs 1 thread |", "|---|---|---|---|---|"]
-        for r in res["threads"]:
-            out.append(f"| {r['norm']} | {r['threads']} | {', '.join(f'{b:.3f}' for b in r['busiest_thread_cpu_s'])} "
-                       f"| {r['wall_s']:.3f} | {r['speedup_vs_1_thread']:.2f} |")
-        out.append("")
+        out += md_table(["norm", "threads", "CPU s of the busiest threads", "wall s", "x vs 1 thread"],
+                        [[r["norm"], r["threads"], ", ".join(f"{b:.3f}" for b in r["busiest_thread_cpu_s"]),
+                          f"{r['wall_s']:.3f}", f"{r['speedup_vs_1_thread']:.2f}"] for r in res["threads"]])
     if res["covariance"]:
-        out += ["| d | rows | fused s | np.cov loop s | X.T@X s | np.cov/fused | fused/limit | max rel err |",
-                "|---|---|---|---|---|---|---|---|"]
-        for r in res["covariance"]:
-            s_ = r["s"]
-            out.append(f"| {r['d']} | {r['rows']} | {s_['fused']:.3f} | {s_['np_cov_loop']:.3f} | {s_['XtX']:.3f} "
-                       f"| {r['np_cov_over_fused']:.2f} | {r['fused_over_limit']:.2f} | {r['max_rel_err_vs_np_cov']:.1e} |")
-        out.append("")
+        out += md_table(["d", "rows", "fused s", "np.cov loop s", "X.T@X s", "np.cov/fused", "fused/limit", "max rel err"],
+                        [[r["d"], r["rows"], f"{r['s']['fused']:.3f}", f"{r['s']['np_cov_loop']:.3f}",
+                          f"{r['s']['XtX']:.3f}", f"{r['np_cov_over_fused']:.2f}", f"{r['fused_over_limit']:.2f}",
+                          f"{r['max_rel_err_vs_np_cov']:.1e}"] for r in res["covariance"]])
     if res.get("train"):
-        out += ["| model | PGD steps | images | augment | old loop images/s | new loop images/s | new/old | same weights |",
-                "|---|---|---|---|---|---|---|---|"]
-        for r in res["train"]:
-            ips = r["images_per_s"]
-            out.append(f"| {r['model']} | {r['attack_steps']} | {r['images']} | {r['augment']} | {ips['old']:.1f} "
-                       f"| {ips['new']:.1f} | {r['new_over_old']:.3f} | {r['identical_weights']} |")
-        out.append("")
-    out += ["| target | worst | met |", "|---|---|---|"]
-    out += [f"| {t['target']} | {t['worst']:.3g} | {'yes' if t['met'] else '**no**'} |" for t in res["targets"]]
-    return "\n".join(out)
+        out += md_table(["model", "PGD steps", "images", "augment", "old loop images/s", "new loop images/s", "new/old",
+                         "same weights"],
+                        [[r["model"], r["attack_steps"], r["images"], r["augment"], f"{r['images_per_s']['old']:.1f}",
+                          f"{r['images_per_s']['new']:.1f}", f"{r['new_over_old']:.3f}", r["identical_weights"]]
+                         for r in res["train"]])
+    out += md_table(["target", "worst", "met"],
+                    [[t["target"], f"{t['worst']:.3g}", "yes" if t["met"] else "**no**"] for t in res["targets"]])
+    return "\n".join(out).rstrip("\n")
+
+
+def md_table(header, rows) -> list[str]:
+    """A Markdown table (and a blank line after it)."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows] + [""])
 
 
 def main(argv=None):
