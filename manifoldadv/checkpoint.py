@@ -10,8 +10,6 @@ and for classifiers ``clean_accuracy``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,36 +18,11 @@ from safetensors.torch import save as st_save
 
 from . import models
 from .errors import CheckpointError
+from .outputs import atomic_write_bytes
 
 FORMAT = "manifoldadv-checkpoint"
 FORMAT_VERSION = 1
 META_KEY = "manifoldadv"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict, dict]:
@@ -87,6 +60,57 @@ def save(path, model: torch.nn.Module, meta: dict, optimizer: torch.optim.Optimi
     atomic_write_bytes(Path(path), blob)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What every field the code reads must be: (check, what it should be, required for kinds).
+_FIELDS = {
+    "kind": (lambda v: v in ("classifier", "cvae"), '"classifier" or "cvae"', ("classifier", "cvae")),
+    "model": (lambda v: isinstance(v, str) and v in models.available(), "a registered model name",
+              ("classifier", "cvae")),
+    "model_kwargs": (lambda v: isinstance(v, dict), "an object", ()),
+    "in_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(d) and d > 0 for d in v),
+                 "three positive integers", ("classifier", "cvae")),
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "a positive integer", ("classifier", "cvae")),
+    "dataset": (lambda v: isinstance(v, str), "a data set name", ("classifier", "cvae")),
+    "mode": (lambda v: v is None or isinstance(v, str), "a mode name", ()),
+    "hparams": (lambda v: isinstance(v, dict), "an object", ()),
+    "epoch": (lambda v: _is_int(v) and v >= 0, "a non-negative integer", ()),
+    "epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer", ()),
+    "complete": (lambda v: isinstance(v, bool), "true or false", ()),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v), "a list of objects", ()),
+    "mean": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers", ()),
+    "std": (lambda v: isinstance(v, list) and all(_is_number(x) and x > 0 for x in v), "a list of positive numbers",
+            ()),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list)
+                  and isinstance(v.get("scalars", {}), dict), "an object with param_groups", ()),
+}
+
+
+def validate_meta(path, meta: dict) -> None:
+    """Every field the code reads has the type it needs: a CheckpointError naming the file and the
+    field otherwise (checked once, here, so no later use meets a wrong type)."""
+    kind = meta.get("kind")
+    for field, (ok, what, required) in _FIELDS.items():
+        if field not in meta:
+            if kind in required:
+                raise CheckpointError(f"{path}: checkpoint metadata lacks {field!r}")
+            continue
+        if not ok(meta[field]):
+            raise CheckpointError(f"{path}: checkpoint metadata field {field!r} must be {what}, "
+                                  f"got {json.dumps(meta[field])[:60]}")
+    channels = meta["in_shape"][0]
+    for field in ("mean", "std"):
+        if field in meta and len(meta[field]) != channels:
+            raise CheckpointError(f"{path}: checkpoint metadata field {field!r} must have {channels} entries "
+                                  f"(one per channel), got {len(meta[field])}")
+
+
 class Checkpoint:
     def __init__(self, path: Path, meta: dict, tensors: dict[str, torch.Tensor]):
         self.path, self.meta, self.tensors = path, meta, tensors
@@ -108,14 +132,18 @@ class Checkpoint:
         """Recreate the model from the metadata and load the weights."""
         m = self.meta
         kw = dict(m.get("model_kwargs") or {})
-        if m["kind"] == "classifier":
-            model = models.create(m["model"], in_shape=m["in_shape"], num_classes=m["num_classes"],
-                                  mean=m.get("mean"), std=m.get("std"), **kw)
-        else:
-            model = models.create(m["model"], in_shape=m["in_shape"], num_classes=m["num_classes"], **kw)
+        try:
+            if m["kind"] == "classifier":
+                model = models.create(m["model"], in_shape=m["in_shape"], num_classes=m["num_classes"],
+                                      mean=m.get("mean"), std=m.get("std"), **kw)
+            else:
+                model = models.create(m["model"], in_shape=m["in_shape"], num_classes=m["num_classes"], **kw)
+        except (TypeError, ValueError) as exc:  # model_kwargs the builder does not take
+            raise CheckpointError(f"{self.path}: checkpoint metadata field 'model_kwargs' does not fit model "
+                                  f"{m['model']!r} ({exc})") from None
         try:
             model.load_state_dict(self.state_dict())
-        except RuntimeError as exc:
+        except (RuntimeError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{self.path}: weights do not match model {m['model']!r} ({first})") from None
         return model.to(device)
@@ -140,16 +168,21 @@ def load(path, *, kind: str | None = None) -> Checkpoint:
         meta = json.loads(raw_meta)
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from None
-    if meta.get("format") != FORMAT or "kind" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "kind" not in meta:
         raise CheckpointError(f"{path} is not a manifoldadv checkpoint")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(meta.get("format_version", 0), int) or meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer manifoldadv (format {meta['format_version']})")
+    validate_meta(path, meta)
     if kind is not None and meta["kind"] != kind:
         article = "an" if meta["kind"][0] in "aeiou" else "a"
         raise CheckpointError(f"{path} is {article} {meta['kind']} checkpoint, expected a {kind}")
     return Checkpoint(path, meta, tensors)
 
 
-def load_model(path, *, kind: str, device="cpu") -> tuple[torch.nn.Module, dict]:
+def load_model(path, *, kind: str, device="cpu", dataset: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model in `path` and its metadata; `dataset`: refuse one trained on another data set."""
     ck = load(path, kind=kind)
+    if dataset is not None and ck.meta["dataset"] != dataset:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise CheckpointError(f"{path} is {article} {kind} trained on {ck.meta['dataset']}, not {dataset}")
     return ck.build(device), ck.meta

@@ -85,3 +85,32 @@ class StatusClock:
             return False
         self.next = now + self.every
         return True
+
+
+# What the command is in the middle of, for the one line an interrupt (Ctrl-C) prints.
+_doing: list[tuple[str, str]] = []
+
+
+@contextmanager
+def doing(what: str, kept: str = ""):
+    """Within this block an interrupt reports `what` was going on and `kept`, what survives and
+    how to go on. Blocks nest: the line names the innermost `what` and the outermost `kept` (the
+    command that was run decides the advice)."""
+    _doing.append((what, kept))
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if not hasattr(exc, "doing"):  # the innermost block sees the whole stack
+            exc.doing = list(_doing)
+        raise
+    finally:
+        _doing.pop()
+
+
+def interrupted_line(exc: BaseException | None = None) -> str:
+    """The interrupt's message: 'interrupted <what>; <kept>'."""
+    stack = getattr(exc, "doing", None) or list(_doing)
+    what = next((w for w, _ in reversed(stack) if w), "")
+    # outside every block a command has written nothing yet (or, like theory, writes at the end)
+    kept = next((k for _, k in stack if k), "nothing was written")
+    return f"interrupted {what}".strip() + f"; {kept}"

@@ -21,6 +21,15 @@ class CheckpointError(UsageError):
     """A checkpoint is missing, corrupt, of the wrong kind, or not safetensors."""
 
 
+class OutputError(UsageError):
+    """An output path that cannot be written (missing permission, a file where a folder must be,
+    a full disk): exit 2, naming the path and the reason."""
+
+
+class TrainingError(ManifoldError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
 class NotImplementedYet(UsageError):
     """A command whose issue has not landed yet."""
 

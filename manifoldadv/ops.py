@@ -227,6 +227,9 @@ def _check_step_args(x, x0, grad, step, eps, norm, lo, hi, l1_quantile):
         )
     if x.dim() < 1:
         raise UsageError("pgd_step: tensors need a batch dimension")
+    bad = next((t for t in (x, x0, grad) if not t.is_floating_point()), None)
+    if bad is not None:  # an integer step would round every move away and return x unchanged
+        raise TypeError(f"pgd_step: x, x0 and grad must be floating-point tensors, got {bad.dtype}")
     if x.device != x0.device or x.device != grad.device:
         raise UsageError(
             f"pgd_step: x, x0 and grad must be on one device, got {x.device}, {x0.device}, {grad.device}"
@@ -357,6 +360,9 @@ def pgd_step(x, x0, grad, *, step, eps, norm, lo=0.0, hi=1.0, l1_quantile=0.99):
 def pgd_step_(x, x0, grad, *, step, eps, norm, lo=0.0, hi=1.0, l1_quantile=0.99):
     """In-place `pgd_step`: updates and returns x."""
     _check_step_args(x, x0, grad, step, eps, norm, lo, hi, l1_quantile)
+    if x.requires_grad:
+        raise ValueError("pgd_step_ writes into x, which requires grad (autograd would lose track of it); "
+                         "pass x.detach() or use pgd_step")
     if _use_kernel("pgd_step_", x.device.type):
         dt = _kernel_dtype(x, x0, grad)
         args = (float(step), float(eps), norm, float(lo), float(hi), float(l1_quantile))

@@ -6,7 +6,7 @@ import io
 import math
 
 from . import paper
-from .checkpoint import atomic_write_bytes
+from .outputs import atomic_write_bytes
 
 NAMES = {"std": "Std training", "fgsm": "FGSM-adv", "pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint (PGD+VAE)",
          "l1": "l1-adv", "joint-lp": "joint (l1+linf)"}

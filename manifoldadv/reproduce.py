@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import accel, console, paper, report
+from . import accel, console, outputs, paper, report
 from .attacks import describe
-from .checkpoint import atomic_write_text, load
+from .checkpoint import load
+from .outputs import atomic_write_text
 from .data import Dataset
 from .runtime import versions
 from .spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, compute, plot, summarize_all
@@ -38,10 +39,9 @@ def _digest(path: Path) -> str:
 def _cached(study: Study, name: str, key: dict, fn):
     """Run fn() unless results/<name>.json holds a result made with the same key."""
     path = study.run_dir / "results" / f"{name}.json"
-    if path.exists():
-        doc = json.loads(path.read_text())
-        if doc.get("key") == key:
-            return doc["value"]
+    doc = outputs.read_cache(path, console.log)
+    if doc is not None and doc.get("key") == key and "value" in doc:
+        return doc["value"]
     t0 = time.perf_counter()
     value = fn()
     study.timings[name] = round(time.perf_counter() - t0, 1)
@@ -115,10 +115,10 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
                         "train_seconds": round(secs, 1),
                         **({"clean_accuracy": meta["clean_accuracy"]} if "clean_accuracy" in meta else
                            {"test_nelbo": meta.get("test_nelbo"), "test_recon_mse": meta.get("test_recon_mse")})}
-    evals = json.loads((study.run_dir / "results" / "evals.json").read_text())
+    evals = outputs.read_cache(study.run_dir / "results" / "evals.json", console.log) or {}
     eval_seconds = sum(r.get("seconds", 0.0) for r in evals.values())
-    cached_steps = {k: json.loads((study.run_dir / "results" / f"{k}.json").read_text()).get("seconds", 0.0)
-                    for k in ("spectra", "theory") if (study.run_dir / "results" / f"{k}.json").exists()}
+    cached_steps = {k: (outputs.read_cache(study.run_dir / "results" / f"{k}.json", console.log) or {}).get("seconds", 0.0)
+                    for k in ("spectra", "theory")}
     results = {
         "data": study.data,
         "quick": study.quick,

@@ -169,7 +169,7 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write_bytes
+    from .outputs import atomic_write_bytes
 
     classes = [c for c in classes if all(c in s.eigenvalues for s in sets)]
     fig, axes = plt.subplots(len(classes), 3, figsize=(13, 3.2 * len(classes)), squeeze=False)
@@ -223,8 +223,9 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_si
 
         def measure(label, energy=None, **kw):
             task = bar.add_task(label, total=n, status="")
-            counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, seed=seed, progress=bar,
-                                         task=task, energy=energy, **kw)
+            with console.doing(f"while measuring the spectra of {label}", "nothing was written"):
+                counts, _, covs = accumulate(ds.test, classes, device=dev, batch_size=batch_size, seed=seed,
+                                             progress=bar, task=task, energy=energy, **kw)
             return counts.cpu().numpy(), class_spectra(counts, covs, classes), covs
 
         counts, spectra, covs = measure("clean")
@@ -241,7 +242,7 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_si
                 cvae_path = cvae or (meta.get("hparams") or {}).get("cvae")
                 if not cvae_path:
                     raise UsageError(f"the vae attack on {path} needs --cvae (the checkpoint names no CVAE)")
-                cvae_model, _ = checkpoint.load_model(Path(cvae_path), kind="cvae", device=dev)
+                cvae_model, _ = checkpoint.load_model(Path(cvae_path), kind="cvae", device=dev, dataset=ds.name)
                 if reconstructions:
                     baseline = f"reconstruction / {Path(cvae_path).stem}"
                     if all(s.name != baseline for s in sets):

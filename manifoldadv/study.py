@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import accel, checkpoint, console, training
+from . import accel, checkpoint, console, outputs, training
 from .attacks import make_spec
-from .checkpoint import atomic_write_text
+from .outputs import atomic_write_text
 from .data import Dataset
 from .errors import UsageError
 from .evaluate import attack_accuracy
@@ -58,9 +58,9 @@ class Study:
     spectra_test: object = None
 
     def __post_init__(self):
-        self.run_dir = Path(self.run_dir)
-        (self.run_dir / "results").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "figures").mkdir(parents=True, exist_ok=True)
+        self.run_dir = outputs.make_folder(self.run_dir, "run folder")
+        outputs.make_folder(self.run_dir / "results", "run folder")
+        outputs.make_folder(self.run_dir / "figures", "run folder")
         if self.quick and self.eval_steps is None:
             self.eval_steps = QUICK[self.data]["steps"]
 
@@ -125,8 +125,7 @@ class Study:
         return self.run_dir / "results" / "evals.json"
 
     def _load_evals(self) -> dict:
-        p = self._evals_path()
-        return json.loads(p.read_text()) if p.exists() else {}
+        return outputs.read_cache(self._evals_path(), console.log) or {}
 
     def accuracy(self, mode: str, attack: str, ds: Dataset) -> dict:
         """Accuracy of the `mode` model under `attack` (cached by checkpoint hash and settings)."""
@@ -147,7 +146,9 @@ class Study:
         if spec.space == "latent":
             cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
         t0 = time.perf_counter()
-        res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, seed=self.seed, label=f"{mode} / {attack}")
+        with console.doing(f"while evaluating {mode} under {attack}"):
+            res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, seed=self.seed,
+                                  label=f"{mode} / {attack}")
         row = {"checkpoint": str(ck), "mode": mode, "attack": attack, **spec.as_dict(), **res,
                **accel.record(self.precision, compiled), "seconds": round(time.perf_counter() - t0, 1)}
         evals = self._load_evals()  # re-read: keep whatever else finished meanwhile

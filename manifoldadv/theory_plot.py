@@ -94,7 +94,7 @@ def save_figure(fig, path) -> None:
     """Write atomically (temporary file + rename), in the format the suffix names."""
     import io
 
-    from .checkpoint import atomic_write_bytes
+    from .outputs import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=130)

@@ -21,6 +21,7 @@ finished epoch left off (at most the epoch in progress is lost).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,11 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import accel, checkpoint, console, loader, models
+from . import accel, checkpoint, console, loader, models, outputs
 from .attacks import AttackSpec, eps_option, make_spec, perturb, with_overrides
 from .config import defaults
 from .data import Dataset, Split
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, TrainingError, UsageError
 from .evaluate import clean_accuracy, make_generator
 from .runtime import versions
 
@@ -116,17 +117,21 @@ def resolve_config(
     if strategy not in STRATEGIES:
         raise UsageError(f"--strategy must be avg or max, got {strategy!r}")
     d = defaults(data)
+    _check_positive(epochs=epochs, batch_size=batch_size, lr=lr, latent=latent)
+    if weight_decay is not None and not weight_decay >= 0:
+        raise UsageError(f"--weight-decay must be >= 0, got {weight_decay}")
     if mode == "cvae":
         cd = d.cvae
-        model = model or cd.model
+        model = _given(model, cd.model)
         if models.spec(model).kind != "cvae":
             raise UsageError(f"mode cvae needs a CVAE model ({', '.join(models.available('cvae'))}), got {model!r}")
         return TrainConfig(
-            data=data, mode=mode, model=model, epochs=epochs or cd.epochs, adv_start=0,
-            batch_size=batch_size or cd.batch_size, lr=lr or cd.lr, weight_decay=0.0 if weight_decay is None else weight_decay,
-            seed=seed, limit=limit, augment=False, model_kwargs={"latent": latent or cd.latent, **cd.extra},
+            data=data, mode=mode, model=model, epochs=_given(epochs, cd.epochs), adv_start=0,
+            batch_size=_given(batch_size, cd.batch_size), lr=_given(lr, cd.lr),
+            weight_decay=_given(weight_decay, 0.0), seed=seed, limit=limit, augment=False,
+            model_kwargs={"latent": _given(latent, cd.latent), **cd.extra},
         )
-    model = model or d.model
+    model = _given(model, d.model)
     if models.spec(model).kind != "classifier":
         raise UsageError(f"mode {mode} trains a classifier; {model!r} is a {models.spec(model).kind}")
     specs = []
@@ -139,22 +144,57 @@ def resolve_config(
     clean_weight = DEFAULT_CLEAN_WEIGHT.get(mode, 0.0) if clean_weight is None else clean_weight
     if not 0.0 <= clean_weight < 1.0:
         raise UsageError(f"--clean-weight must be in [0, 1), got {clean_weight}")
+    epochs = _given(epochs, d.epochs)
+    if adv_start is not None and adv_start < 0:
+        raise UsageError(f"--adv-start must be >= 0, got {adv_start}")
+    if specs:  # an adversarial mode must train at least one adversarial epoch
+        start = _given(adv_start, d.adv_start)
+        if start >= epochs:
+            given = f"--adv-start {start}" if adv_start is not None else f"the default --adv-start {start} ({data})"
+            raise UsageError(f"mode {mode}: {given} leaves no adversarial epoch in {epochs} epoch"
+                             f"{'s' if epochs != 1 else ''}; give --adv-start below {epochs}")
+        adv_start = start
+    else:
+        adv_start = min(_given(adv_start, d.adv_start), epochs)
     has_regular = any(a["space"] == "input" for a in specs)
-    eps_warmup = (d.eps_warmup if has_regular else 0) if eps_warmup is None else eps_warmup
-    if eps_warmup < 0:
+    adversarial_epochs = epochs - adv_start if specs else 0
+    if eps_warmup is None:  # the default ramp never outlasts the adversarial epochs
+        eps_warmup = min(d.eps_warmup, adversarial_epochs) if has_regular else 0
+    elif eps_warmup < 0:
         raise UsageError(f"--eps-warmup must be >= 0, got {eps_warmup}")
-    epochs = d.epochs if epochs is None else epochs
-    adv_start = min(d.adv_start, epochs) if adv_start is None else adv_start
-    if epochs < 1 or adv_start < 0:
-        raise UsageError(f"need --epochs >= 1 and --adv-start >= 0, got {epochs} and {adv_start}")
+    elif has_regular and eps_warmup > adversarial_epochs:
+        raise UsageError(f"--eps-warmup {eps_warmup} is longer than the {adversarial_epochs} adversarial epoch"
+                         f"{'s' if adversarial_epochs != 1 else ''}: eps would never reach its target")
     return TrainConfig(
         data=data, mode=mode, model=model, epochs=epochs, adv_start=adv_start,
-        batch_size=batch_size or d.batch_size, lr=lr or d.lr,
-        weight_decay=d.weight_decay if weight_decay is None else weight_decay,
+        batch_size=_given(batch_size, d.batch_size), lr=_given(lr, d.lr),
+        weight_decay=_given(weight_decay, d.weight_decay),
         seed=seed, limit=limit, augment=d.augment if augment is None else augment,
         strategy=strategy, clean_weight=clean_weight, eps_warmup=eps_warmup, attacks=specs, cvae=cvae,
         precision=precision,
     )
+
+
+def check_out(out, *, resume: bool, force: bool) -> Path:
+    """The checkpoint path, refused before any work when it cannot be written or when it exists
+    and neither --resume nor --force says what to do with it."""
+    out = outputs.check_file(out, "checkpoint")
+    if resume and force:
+        raise UsageError(f"--resume continues {out} and --force starts it over: give one of them")
+    if out.exists() and not (resume or force):
+        raise UsageError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
+    return out
+
+
+def _given(value, default):
+    """The user's value when there is one (0 included), else the default."""
+    return default if value is None else value
+
+
+def _check_positive(**values) -> None:
+    for name, v in values.items():
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {v}")
 
 
 def default_out(data: str, mode: str, run_dir: str | Path = "runs") -> Path:
@@ -274,7 +314,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata.
 
     compile: torch.compile the classifier (None: the device's default, see accel.py)."""
-    out = Path(out)
+    out = check_out(out, resume=resume, force=force)
     device = torch.device(device)
     objective = CVAEObjective() if cfg.mode == "cvae" else ClassifierObjective(cfg, cvae)
     if needs_cvae(cfg.mode) and cvae is None:
@@ -292,18 +332,20 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
         mismatch = mismatched(ck.meta.get("hparams", {}), cfg)
         if mismatch:
             raise CheckpointError(f"{out} was trained with different settings ({', '.join(mismatch)}); "
-                                  f"use another --out or --force to start over")
+                                  f"use another --out, or drop --resume and pass --force to start over")
         if ck.meta.get("complete"):
             console.log(f"{out}: already trained ({ck.meta['epoch']} epochs), nothing to do")
             return ck.meta
-        model.load_state_dict(ck.state_dict())
-        opt_state = ck.optimizer_state()
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
+        try:
+            model.load_state_dict(ck.state_dict())
+            opt_state = ck.optimizer_state()
+            if opt_state is not None:
+                opt.load_state_dict(opt_state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{out}: its weights or optimizer state do not fit {cfg.model} ({first})") from None
         start, history = int(ck.meta["epoch"]), list(ck.meta.get("history", []))
         console.log(f"{out}: resuming at epoch {start + 1}/{cfg.epochs}")
-    elif out.exists() and not force:
-        raise UsageError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
 
     net = model
     if objective.kind == "classifier":
@@ -316,9 +358,16 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
             adversarial = cfg.mode != "cvae" and bool(cfg.attacks) and epoch >= cfg.adv_start
             tag = "adv" if adversarial else ("cvae" if cfg.mode == "cvae" else "clean")
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{tag}]", total=len(train_split), status="")
-            train_loss, train_accuracy = train_epoch(net, opt, objective, train_split, cfg, epoch, device,
-                                                     bar=bar, task=task)
+            kept = (f"epoch {epoch} is saved in {out}; rerun with --resume to continue from it" if epoch else
+                    f"nothing of {out} is saved yet")
+            with console.doing(f"in epoch {epoch + 1}/{cfg.epochs} of training {out}", kept):
+                train_loss, train_accuracy = train_epoch(net, opt, objective, train_split, cfg, epoch, device,
+                                                         bar=bar, task=task)
             bar.remove_task(task)
+            if not math.isfinite(train_loss):
+                last = f"epoch {epoch} in {out} is the last finite checkpoint" if epoch else "nothing was saved"
+                raise TrainingError(f"training diverged in epoch {epoch + 1}/{cfg.epochs}: the mean loss is "
+                                    f"{train_loss}; {last}; try a lower --lr (now {cfg.lr:g})")
             metrics = objective.evaluate(model, test_split, device)
             record = {"epoch": epoch + 1, "adversarial": adversarial, "train_loss": train_loss,
                       "seconds": round(time.perf_counter() - t0, 2), **metrics}
@@ -327,7 +376,9 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
             history.append(record)
             meta = _meta(cfg, dataset, objective.kind, epoch + 1, history, metrics, cfg.model_kwargs)
             meta.update(accel.record(cfg.precision, compiled))
-            checkpoint.save(out, model, meta, opt)
+            with console.doing(f"while saving epoch {epoch + 1} to {out}",
+                               f"{out} holds epoch {epoch} or {epoch + 1}, whole; rerun with --resume"):
+                checkpoint.save(out, model, meta, opt)
             shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                               if k not in ("epoch", "adversarial"))
             console.log(f"epoch {epoch + 1}/{cfg.epochs} [{tag}]  {shown}")

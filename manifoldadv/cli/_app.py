@@ -13,6 +13,7 @@ try:  # typer >= 0.2x vendors click; its exceptions derive from TyperException
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import ClickException as CliError
 
+from .. import console
 from ..errors import ManifoldError
 
 DEBUG_ENV = "MANIFOLDADV_DEBUG"
@@ -48,8 +49,8 @@ class ManifoldGroup(typer.core.TyperGroup):
             if debug:
                 raise
             code = _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            code = _fail("interrupted", 130)
+        except KeyboardInterrupt as exc:
+            code = _fail(console.interrupted_line(exc), 130)
         except Exception as exc:  # a bug: say so in one line unless debugging
             if debug:
                 raise

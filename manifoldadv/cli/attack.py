@@ -40,9 +40,7 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
     compiled = accel.resolve_compile(compile, dev, "eval")
     rows = []
     for path in paths:
-        model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
-        if meta["dataset"] != ds.name:
-            raise UsageError(f"{path} was trained on {meta['dataset']}, not {ds.name}")
+        model, meta = checkpoint.load_model(path, kind="classifier", device=dev, dataset=ds.name)
         model = accel.prepare(model, precision=precision, compile=compiled, device=dev)
         for name in attack_names:
             one_step = name in ("clean", "fgsm", "vae")  # their steps and step size are fixed
@@ -51,8 +49,9 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
                              steps=None if one_step else steps)
             if step_size is not None and not one_step:
                 spec = with_overrides(spec, step_size=step_size)
-            res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
-                                  label=f"{column_label(meta, Path(path))} / {name}")
+            with console.doing(f"while attacking {path} with {name}", "attack writes nothing"):
+                res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
+                                      label=f"{column_label(meta, Path(path))} / {name}")
             # the same row as `reproduce` keeps for each evaluation
             row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name, **spec.as_dict(), **res,
                    **accel.record(precision, compiled)}

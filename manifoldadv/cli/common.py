@@ -24,10 +24,6 @@ def dataset(name, data_root, limit, download, seed=0):
 
 
 def load_cvae(path: Path, device, dataset_name: str | None = None):
-    model, meta = checkpoint.load_model(path, kind="cvae", device=device)
-    if dataset_name is not None and meta.get("dataset") != dataset_name:
-        from ..errors import CheckpointError
-
-        raise CheckpointError(f"{path} is a CVAE for {meta.get('dataset')}, not {dataset_name}")
+    model, meta = checkpoint.load_model(path, kind="cvae", device=device, dataset=dataset_name)
     model.eval()
     return model, meta

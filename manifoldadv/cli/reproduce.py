@@ -41,7 +41,9 @@ def reproduce(
     study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value,
                   train_steps=train_steps, precision=precision.value, compile=compile)
     ds = study.subset(load_data(data.value, data_root, limit, download))
-    results = study_run.run(study, ds, theory=theory)
+    with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
+                           "rerun the same command to continue"):
+        results = study_run.run(study, ds, theory=theory)
     if json_out:
         console.emit_json({"run_dir": str(run_dir), "report": str(run_dir / "report.md"), **results})
         return

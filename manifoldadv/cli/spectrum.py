@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import accel, checkpoint, console
-from ..checkpoint import atomic_write_text
+from .. import accel, checkpoint, console, outputs
+from ..outputs import atomic_write_text
 from ..errors import UsageError
 from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
@@ -97,6 +97,9 @@ def spectrum(
 ) -> None:
     """Eigenvalues of each class's covariance: clean test set and robust test sets."""
     dev = start(seed=seed, device=device, quiet=quiet)
+    for path, what in ((plot_path, "plot"), (csv, "CSV")):
+        if path is not None:
+            outputs.check_file(path, what)
     checkpoints = checkpoints or []
     metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
     names = {m["dataset"] for m in metas}

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape as _esc
 from rich.table import Table
 
-from .. import console
+from .. import console, outputs
 from .. import theory as T
 from .. import theory_check as C
 from ..errors import UsageError
@@ -813,6 +813,7 @@ def plot(
     suffix = file.suffix.lower()
     if suffix not in (".png", ".pdf", ".svg"):
         raise UsageError(f"plot writes .png, .pdf or .svg, got {file.name!r}")
+    outputs.check_file(file, "plot")
     if not (math.isfinite(L_min) and math.isfinite(L_max) and 1.0 < L_min < L_max):
         raise UsageError(f"need 1 < --L-min < --L-max, got {L_min}, {L_max}")
     lam, source = resolve_spectrum(eigenvalues, spectrum, d, alpha, data_root)

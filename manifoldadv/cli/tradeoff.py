@@ -70,7 +70,9 @@ def tradeoff(
     study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value,
                   train_steps=train_steps, precision=precision.value, compile=compile)
     ds = study.subset(load_data(data.value, data_root, limit, download))
-    trade = study.tradeoff(ds)
+    with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
+                           "rerun the same command to continue"):
+        trade = study.tradeoff(ds)
     if json_out:
         console.emit_json({"data": data.value, "run_dir": str(run_dir), "n_test": len(ds.test), **trade,
                            "paper": {"drops": report.paper_drops(data.value)}})

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import console, training
+from .. import console, outputs, training
 from ._app import app
 from ._options import (Compile, Data, DataName, DataRoot, DeviceOpt, Device, Download, Json, Limit, Precision,
                        PrecisionName, Quiet, Seed)
@@ -22,13 +22,17 @@ class Strategy(str, Enum):
     max = "max"
 
 
-def obtain_cvae(cvae: Path | None, out: Path, ds, device, seed: int, data_name: str):
+def auto_cvae_path(out: Path, data_name: str) -> Path:
+    return out.parent / f"{data_name}-cvae.safetensors"
+
+
+def obtain_cvae(cvae: Path | None, out: Path, ds, device, seed: int, data_name: str, limit: int | None):
     """The CVAE a vae/joint mode needs: --cvae, else <run dir>/<data>-cvae.safetensors, trained
-    there first (and said so) when it does not exist yet."""
-    path = cvae or out.parent / f"{data_name}-cvae.safetensors"
+    there first (on the same data, `limit` included, and said so) when it does not exist yet."""
+    path = cvae or auto_cvae_path(out, data_name)
     if cvae is None and not path.exists():
         console.log(f"no --cvae given and {path} does not exist: training a CVAE first")
-        cfg = training.resolve_config(data_name, "cvae", seed=seed, limit=None)
+        cfg = training.resolve_config(data_name, "cvae", seed=seed, limit=limit)
         training.train(cfg, ds, device=device, out=path)
     elif cvae is None:
         console.log(f"using CVAE {path}")
@@ -83,10 +87,13 @@ def train(
         seed=seed, limit=limit,
         cvae=str(cvae) if cvae else None, precision=precision.value,
     )
+    training.check_out(out, resume=resume, force=force)  # before any work
+    if training.needs_cvae(mode_name) and cvae is None:
+        outputs.check_file(auto_cvae_path(out, data_name), "CVAE checkpoint")
     ds = load_data(data_name, data_root, limit, download)
     cvae_model = None
     if training.needs_cvae(mode_name):
-        cvae_model, cvae_path = obtain_cvae(cvae, out, ds, dev, seed, data_name)
+        cvae_model, cvae_path = obtain_cvae(cvae, out, ds, dev, seed, data_name, limit)
         cfg.cvae = str(cvae_path)
     console.log(f"training {cfg.model} on {data_name} ({len(ds.train)} examples), mode {mode_name}, "
                 f"{cfg.epochs} epochs -> {out}")
