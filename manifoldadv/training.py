@@ -175,6 +175,12 @@ def resolve_config(
     )
 
 
+def all_finite(model: torch.nn.Module) -> bool:
+    """Every floating-point parameter and buffer finite (one device read)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
 def check_out(out, *, resume: bool, force: bool) -> Path:
     """The checkpoint path, refused before any work when it cannot be written or when it exists
     and neither --resume nor --force says what to do with it."""
@@ -364,10 +370,11 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
                 train_loss, train_accuracy = train_epoch(net, opt, objective, train_split, cfg, epoch, device,
                                                          bar=bar, task=task)
             bar.remove_task(task)
-            if not math.isfinite(train_loss):
+            if not (math.isfinite(train_loss) and all_finite(model)):
                 last = f"epoch {epoch} in {out} is the last finite checkpoint" if epoch else "nothing was saved"
-                raise TrainingError(f"training diverged in epoch {epoch + 1}/{cfg.epochs}: the mean loss is "
-                                    f"{train_loss}; {last}; try a lower --lr (now {cfg.lr:g})")
+                what = f"the mean loss is {train_loss}" if not math.isfinite(train_loss) else "the weights are not finite"
+                raise TrainingError(f"training diverged in epoch {epoch + 1}/{cfg.epochs}: {what}; {last}; "
+                                    f"try a lower --lr (now {cfg.lr:g})")
             metrics = objective.evaluate(model, test_split, device)
             record = {"epoch": epoch + 1, "adversarial": adversarial, "train_loss": train_loss,
                       "seconds": round(time.perf_counter() - t0, 2), **metrics}

@@ -24,8 +24,21 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+class Interrupted(ManifoldError):
+    """Ctrl-C: the message says what was interrupted and what is kept (console.doing)."""
+
+    exit_code = 130
+
+
 class ManifoldGroup(typer.core.TyperGroup):
     """Runs the command non-standalone so every failure becomes one `error: ...` line."""
+
+    def invoke(self, ctx):
+        # typer would turn the interrupt into a silent exit 130; say what was interrupted instead
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(console.interrupted_line(exc)) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -49,6 +62,10 @@ class ManifoldGroup(typer.core.TyperGroup):
             if debug:
                 raise
             code = _fail(str(exc), exc.exit_code)
+        except OSError as exc:  # a user's path the command read or wrote without wrapping the error
+            if debug or exc.filename is None:
+                raise
+            code = _fail(f"{exc.filename}: {exc.strerror or exc}", 2)
         except KeyboardInterrupt as exc:
             code = _fail(console.interrupted_line(exc), 130)
         except Exception as exc:  # a bug: say so in one line unless debugging

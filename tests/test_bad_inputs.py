@@ -1,0 +1,427 @@
+"""Bad inputs, broken files and interruptions, across every command and the Python API.
+
+Each CLI case asserts the exit code, exactly one `error:` line on stderr (the last line), no
+traceback, the words that say what is wrong, and that no file appeared but the ones the case
+expects to be kept. The classes follow the reliability issue: checkpoint metadata, output paths,
+interruptions, temporary files, silent substitutions, divergence, data-set consistency, corrupt
+caches, contradictory flags, the Python API; and plain bad arguments of every command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from manifoldadv import checkpoint, ops, outputs, training
+from manifoldadv.errors import UsageError
+
+from helpers import cli, cli_json, write_fake_mnist
+
+SYN = ["--data", "synthetic", "--limit", "64", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    """Checkpoints the cases start from: a synthetic classifier and CVAE, an MNIST-shaped CVAE."""
+    d = tmp_path_factory.mktemp("artefacts")
+    cli_json("train", *SYN, "--mode", "std", "--epochs", "1", "--out", d / "clf.safetensors")
+    cli_json("train", *SYN, "--mode", "cvae", "--epochs", "1", "--out", d / "cvae.safetensors")
+    write_fake_mnist(d / "mnist", n_train=40, n_test=20)
+    cli_json("train", "--data", "mnist", "--data-root", d / "mnist", "--limit", "40", "--device", "cpu",
+             "--mode", "cvae", "--epochs", "1", "--out", d / "mnist-cvae.safetensors")
+    return d
+
+
+def with_meta(src: Path, dst: Path, **changes) -> Path:
+    """A copy of checkpoint `src` whose metadata has `changes` (value None: the key removed)."""
+    with safe_open(str(src), framework="pt") as f:
+        meta = json.loads(f.metadata()["manifoldadv"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    save_file(tensors, str(dst), metadata={"manifoldadv": json.dumps(meta)})
+    return dst
+
+
+def meta_case(where, **changes):
+    def setup(tmp, art):
+        bad = with_meta(art / ("cvae.safetensors" if where == "cvae" else "clf.safetensors"),
+                        tmp / "bad.safetensors", **changes)
+        if where == "attack":
+            return ["attack", bad, "--attacks", "clean", "--limit", "8", "--device", "cpu"]
+        if where == "spectrum":
+            return ["spectrum", bad, "--classes", "0", "--limit", "50", "--device", "cpu"]
+        if where == "resume":
+            shutil.copy(bad, tmp / "run.safetensors")
+            (tmp / "bad.safetensors").unlink()
+            return ["train", *SYN, "--mode", "std", "--epochs", "2", "--out", tmp / "run.safetensors", "--resume"]
+        return ["train", *SYN, "--mode", "vae", "--epochs", "2", "--adv-start", "1", "--cvae", bad,
+                "--out", tmp / "v.safetensors"]
+    return setup
+
+
+def plain(*args):
+    return lambda tmp, art: [a(tmp, art) if callable(a) else a for a in args]
+
+
+def a_file(name):
+    """A path in the case's folder holding a plain file (where a folder is needed)."""
+    def make(tmp, art):
+        p = tmp / name
+        p.write_text("not a folder")
+        return p
+    return make
+
+
+def a_folder(name):
+    def make(tmp, art):
+        p = tmp / name
+        p.mkdir()
+        return p
+    return make
+
+
+def art_path(name):
+    return lambda tmp, art: art / name
+
+
+@dataclass
+class Case:
+    id: str
+    kind: str  # the issue's class of defect
+    setup: Callable
+    code: int = 2
+    needles: tuple = ()
+    kept: tuple = ()  # files the case legitimately leaves (relative to its folder)
+    patch: Callable | None = None  # (monkeypatch) -> None, before the command runs
+
+
+def under_file(name, rest):
+    return lambda tmp, art: (a_file(name)(tmp, art) / rest)
+
+
+CASES = [
+    # 1. malformed checkpoint metadata: one line naming the file and the field
+    Case("meta-num-classes-string", "metadata", meta_case("attack", num_classes="ten"), needles=("bad.safetensors", "num_classes")),
+    Case("meta-missing-model", "metadata", meta_case("attack", model=None), needles=("bad.safetensors", "'model'")),
+    Case("meta-unknown-model", "metadata", meta_case("attack", model="vgg99"), needles=("'model'",)),
+    Case("meta-short-in-shape", "metadata", meta_case("spectrum", in_shape=[1, 28]), needles=("in_shape",)),
+    Case("meta-mean-per-channel", "metadata", meta_case("attack", mean=[0.1, 0.2, 0.3]), needles=("'mean'", "1 entries")),
+    Case("meta-kind-other", "metadata", meta_case("attack", kind="regressor"), needles=("'kind'",)),
+    Case("meta-cvae-kwargs", "metadata", meta_case("cvae", model_kwargs={"bogus": 1}), needles=("model_kwargs",)),
+    Case("meta-history-string", "metadata", meta_case("resume", history="none"), needles=("'history'",),
+         kept=("run.safetensors",)),
+    Case("meta-epoch-float", "metadata", meta_case("resume", epoch=1.5), needles=("'epoch'",), kept=("run.safetensors",)),
+    # 2. output paths: refused before any work, naming the path and the reason
+    Case("train-out-under-file", "io", plain("train", *SYN, "--out", under_file("f", "m.safetensors")),
+         needles=("f is a file",), kept=("f",)),
+    Case("train-out-is-folder", "io", plain("train", *SYN, "--out", a_folder("d")), needles=("is a directory",)),
+    Case("train-out-unwritable", "io", plain("train", *SYN, "--out", "/proc/m.safetensors"), needles=("/proc/m.safetensors",)),
+    Case("spectrum-plot-under-file", "io", plain("spectrum", *SYN, "--classes", "0", "--plot", under_file("f", "s.png")),
+         needles=("plot",), kept=("f",)),
+    Case("spectrum-csv-is-folder", "io", plain("spectrum", *SYN, "--classes", "0", "--csv", a_folder("d")),
+         needles=("is a directory",)),
+    Case("tradeoff-run-dir-under-file", "io", plain("tradeoff", "--data", "synthetic", "--quick", "--run-dir",
+                                                    under_file("f", "run")), needles=("run folder",), kept=("f",)),
+    Case("reproduce-run-dir-unwritable", "io", plain("reproduce", "--quick", "--run-dir", "/proc/run"),
+         needles=("/proc/run",)),
+    Case("theory-plot-under-file", "io", plain("theory", "plot", under_file("f", "t.png")), needles=("plot",),
+         kept=("f",)),
+    # 5. user values honoured or refused, never replaced
+    Case("lr-zero", "substitution", plain("train", *SYN, "--lr", "0"), needles=("--lr",)),
+    Case("adv-start-not-below-epochs", "substitution", plain("train", *SYN, "--mode", "pgd", "--epochs", "2",
+                                                             "--adv-start", "2"), needles=("no adversarial epoch",)),
+    Case("default-adv-start-leaves-none", "substitution", plain("train", *SYN, "--mode", "fgsm", "--epochs", "1"),
+         needles=("default --adv-start",)),
+    Case("eps-warmup-too-long", "substitution", plain("train", *SYN, "--mode", "pgd", "--epochs", "2", "--adv-start",
+                                                      "1", "--eps-warmup", "2"), needles=("--eps-warmup",)),
+    Case("batch-size-zero", "substitution", plain("train", *SYN, "--batch-size", "0"), needles=("--batch-size",)),
+    # 7. every component's data set
+    Case("spectrum-cvae-other-data", "consistency", plain("spectrum", art_path("clf.safetensors"), "--attack", "vae",
+                                                          "--cvae", art_path("mnist-cvae.safetensors"), "--classes",
+                                                          "0", "--limit", "50", "--device", "cpu"),
+         needles=("trained on mnist, not synthetic",)),
+    Case("attack-cvae-other-data", "consistency", plain("attack", art_path("clf.safetensors"), "--attacks", "vae",
+                                                        "--cvae", art_path("mnist-cvae.safetensors"), "--limit", "8",
+                                                        "--device", "cpu"), needles=("not synthetic",)),
+    Case("train-cvae-other-data", "consistency", plain("train", *SYN, "--mode", "vae", "--epochs", "2", "--adv-start",
+                                                       "1", "--cvae", art_path("mnist-cvae.safetensors")),
+         needles=("not synthetic",)),
+    Case("spectrum-mixed-data", "consistency",
+         lambda tmp, art: ["spectrum", art / "clf.safetensors", with_meta(art / "clf.safetensors", tmp / "m.safetensors",
+                                                                         dataset="mnist"), "--device", "cpu"],
+         needles=("different data sets",)),
+    # 9. contradictory flags and advice
+    Case("resume-and-force", "advice", lambda tmp, art: ["train", *SYN, "--out", shutil.copy(art / "clf.safetensors", tmp / "c.safetensors"),
+                                                         "--resume", "--force"], needles=("give one of them",),
+         kept=("c.safetensors",)),
+    Case("resume-changed-settings", "advice", lambda tmp, art: ["train", *SYN, "--epochs", "1", "--lr", "0.01", "--out",
+                                                                shutil.copy(art / "clf.safetensors", tmp / "c.safetensors"),
+                                                                "--resume"],
+         needles=("different settings", "drop --resume"), kept=("c.safetensors",)),
+    Case("exists-without-flags", "advice", lambda tmp, art: ["train", *SYN, "--epochs", "1", "--out",
+                                                             shutil.copy(art / "clf.safetensors", tmp / "c.safetensors")],
+         needles=("--resume", "--force"), kept=("c.safetensors",)),
+    # plain bad arguments of every command
+    Case("attack-unknown-attack", "arguments", plain("attack", art_path("clf.safetensors"), "--attacks", "pgd,warp"),
+         needles=("warp",)),
+    Case("attack-missing-checkpoint", "arguments", plain("attack", "missing.safetensors"), needles=("not found",)),
+    Case("spectrum-bad-classes", "arguments", plain("spectrum", *SYN, "--classes", "0,42"), needles=("--classes",)),
+    Case("info-bad-device", "arguments", plain("info", "--device", "tpu"), needles=("--device",)),
+    Case("reproduce-unknown-data", "arguments", plain("reproduce", "--data", "svhn"), needles=("--data",)),
+    Case("tradeoff-bad-strategy", "arguments", plain("tradeoff", "--strategy", "min"), needles=("--strategy",)),
+    Case("theory-bad-spectrum", "arguments", plain("theory", "excess-risk", "--eigenvalues", "1,x"),
+         needles=("eigenvalues",)),
+    Case("train-bad-precision", "arguments", plain("train", *SYN, "--precision", "fp8"), needles=("--precision",)),
+    Case("train-unknown-model", "arguments", plain("train", *SYN, "--model", "vgg99"), needles=("vgg99",)),
+    Case("cuda-without-gpu", "arguments", plain("train", *SYN[:-2], "--device", "cuda"), needles=("cuda",))
+    if not torch.cuda.is_available() else Case("cvae-needs-cvae-model", "arguments",
+                                                plain("train", *SYN, "--mode", "cvae", "--model", "lenet5"),
+                                                needles=("CVAE model",)),
+]
+
+
+def files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def assert_one_error_line(r, code, needles):
+    assert r.exit_code == code, f"exit {r.exit_code}: {r.output}"
+    lines = r.stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_cli_input(case, tmp_path, monkeypatch, art):
+    monkeypatch.chdir(tmp_path)
+    args = case.setup(tmp_path, art)
+    before, art_before = files(tmp_path), files(art)
+    if case.patch is not None:
+        case.patch(monkeypatch)
+    r = cli(*args)
+    assert_one_error_line(r, case.code, case.needles)
+    assert files(tmp_path) - before == set() and files(art) == art_before, files(tmp_path) - before
+    assert set(case.kept) <= before | files(tmp_path)
+
+
+def test_the_matrix_covers_every_class():
+    kinds = {}
+    for c in CASES:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    assert all(n >= 2 for n in kinds.values()) and len(CASES) + len(API_CASES) >= 40, kinds
+
+
+# ---------------------------------------------------------------- interruptions and divergence
+
+
+def interrupt_on(monkeypatch, call: int, exc=KeyboardInterrupt):
+    """training.train_epoch raises `exc` on its `call`-th call (1-based)."""
+    real, calls = training.train_epoch, []
+
+    def fake(*a, **k):
+        calls.append(1)
+        if len(calls) == call:
+            raise exc()
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "train_epoch", fake)
+
+
+def test_interrupt_in_training_says_what_is_kept(tmp_path, monkeypatch):
+    out = tmp_path / "m.safetensors"
+    interrupt_on(monkeypatch, 2)
+    r = cli("train", *SYN, "--epochs", "3", "--out", out)
+    line = assert_one_error_line(r, 130, ())
+    assert line == f"error: interrupted in epoch 2/3 of training {out}; epoch 1 is saved in {out}; " \
+                   f"rerun with --resume to continue from it"
+    assert files(tmp_path) == {"m.safetensors"} and checkpoint.load(out).meta["epoch"] == 1
+
+
+def test_interrupt_before_anything_is_saved_and_in_attack(tmp_path, monkeypatch, art):
+    interrupt_on(monkeypatch, 1)
+    r = cli("train", *SYN, "--epochs", "2", "--out", tmp_path / "m.safetensors")
+    assert assert_one_error_line(r, 130, ()).endswith("nothing of " + str(tmp_path / "m.safetensors") + " is saved yet")
+    import manifoldadv.cli.attack as attack_cli
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(attack_cli, "attack_accuracy", stop)
+    r = cli("attack", art / "clf.safetensors", "--attacks", "pgd", "--limit", "8", "--device", "cpu")
+    assert assert_one_error_line(r, 130, ("while attacking", "with pgd")).endswith("attack writes nothing")
+    assert files(tmp_path) == set()
+
+
+def test_interrupt_in_a_study_says_rerun_the_command(tmp_path, monkeypatch):
+    interrupt_on(monkeypatch, 4)  # cvae epochs 1-3 done, std's first epoch interrupted
+    run = tmp_path / "run"
+    r = cli("reproduce", "--quick", "--limit", "60", "--no-theory", "--device", "cpu", "--run-dir", run)
+    line = assert_one_error_line(r, 130, ("interrupted in epoch", "synthetic-cvae.safetensors"))
+    assert line.endswith(f"finished models and evaluations are kept in {run}; rerun the same command to continue")
+
+
+def test_divergence_stops_with_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "m.safetensors"
+    # four batches: after the first step the weights are near 1e30 and the next losses overflow
+    r = cli("train", *SYN, "--epochs", "2", "--batch-size", "16", "--lr", "1e30", "--out", out)
+    assert_one_error_line(r, 1, ("diverged in epoch 1/2", "nothing was saved", "--lr"))
+    assert files(tmp_path) == set()
+    real = training.train_epoch
+    calls = []
+
+    def nan_second(*a, **k):
+        calls.append(1)
+        loss, acc = real(*a, **k)
+        return (math.nan if len(calls) == 2 else loss), acc
+
+    monkeypatch.setattr(training, "train_epoch", nan_second)
+    r = cli("train", *SYN, "--epochs", "3", "--out", out)
+    assert_one_error_line(r, 1, ("diverged in epoch 2/3", f"epoch 1 in {out} is the last finite checkpoint"))
+    assert checkpoint.load(out).meta["epoch"] == 1 and files(tmp_path) == {"m.safetensors"}
+
+
+def test_disk_full_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    r = cli("train", *SYN, "--epochs", "1", "--out", tmp_path / "m.safetensors")
+    assert_one_error_line(r, 2, (f"cannot write {tmp_path / 'm.safetensors'}", "No space left on device"))
+    assert files(tmp_path) == set()
+
+
+# ---------------------------------------------------------------- temporary files and caches
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "m.safetensors"
+    dead = 2**22 + 12345  # above the pid range of this machine's kernels: no such process
+    while True:
+        try:
+            os.kill(dead, 0)
+            dead += 1
+        except ProcessLookupError:
+            break
+    stale = tmp_path / f".m.safetensors.{dead}.abcd1234.tmp"
+    live = tmp_path / ".m.safetensors.1.abcd1234.tmp"  # pid 1 is alive: another writer's, kept
+    old = tmp_path / ".m.safetensors.k3j4h5g6.tmp"  # the earlier naming, no pid: removed once old
+    other = tmp_path / f".n.safetensors.{dead}.abcd1234.tmp"  # another target's: not ours to remove
+    for p in (stale, live, old, other):
+        p.write_bytes(b"x" * 1000)
+    os.utime(old, (1, 1))
+    outputs.atomic_write_text(target, "hello")
+    assert target.read_text() == "hello"
+    assert not stale.exists() and not old.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("name", ["evals.json", "spectra.json"])
+def test_corrupt_study_cache_is_named_moved_aside_and_rebuilt(tmp_path, name):
+    run = tmp_path / "run"
+    args = ["reproduce", "--quick", "--limit", "60", "--no-theory", "--device", "cpu", "--train-steps", "1",
+            "--run-dir", run]
+    first = cli_json(*args)
+    (run / "results" / name).write_text('{"truncated": ')
+    r = cli(*args, "--json")
+    assert r.exit_code == 0, r.output
+    assert f"{run / 'results' / name} was not valid JSON" in r.stderr and "rebuilding it" in r.stderr
+    again = json.loads(r.stdout)
+    assert again["table1"] == first["table1"] and again["spectra"]["summary"] == first["spectra"]["summary"]
+    assert len(list((run / "results").glob(f"{name}.corrupt-*"))) == 1
+
+
+def test_auto_trained_cvae_records_the_subset_it_saw(tmp_path):
+    out = tmp_path / "vae.safetensors"
+    cli_json("train", *SYN, "--mode", "vae", "--epochs", "2", "--adv-start", "1", "--out", out)
+    cvae = checkpoint.load(tmp_path / "synthetic-cvae.safetensors").meta
+    assert cvae["hparams"]["limit"] == 64 and cvae["dataset"] == "synthetic"
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+@dataclass
+class ApiCase:
+    id: str
+    call: Callable
+    error: type
+    match: str
+    extra: dict = field(default_factory=dict)
+
+
+def _xs(dtype=torch.float32, shape=(2, 5)):
+    return [torch.zeros(shape, dtype=dtype) for _ in range(3)]
+
+
+def _leaf():
+    x = torch.rand(2, 5, requires_grad=True)
+    return [x, x.detach().clone(), torch.randn(2, 5)]
+
+
+def _nonleaf():
+    x = torch.rand(2, 5, requires_grad=True) * 1.0
+    return [x, x.detach().clone(), torch.randn(2, 5)]
+
+
+API_CASES = [
+    ApiCase("pgd-step-int", lambda: ops.pgd_step(*_xs(torch.int64), step=1, eps=1, norm="linf"), TypeError, "floating"),
+    ApiCase("pgd-step-uint8-grad", lambda: ops.pgd_step(*_xs()[:2], torch.zeros(2, 5, dtype=torch.uint8), step=1,
+                                                        eps=1, norm="l2"), TypeError, "uint8"),
+    ApiCase("pgd-step-inplace-int", lambda: ops.pgd_step_(*_xs(torch.int32), step=1, eps=1, norm="l1"), TypeError,
+            "floating"),
+    ApiCase("pgd-step-inplace-leaf", lambda: ops.pgd_step_(*_leaf(), step=0.1, eps=1, norm="linf"), ValueError,
+            "requires grad"),
+    ApiCase("pgd-step-inplace-nonleaf", lambda: ops.pgd_step_(*_nonleaf(), step=0.1, eps=1, norm="l2"), ValueError,
+            "requires grad"),
+    ApiCase("pgd-step-shapes", lambda: ops.pgd_step(torch.zeros(2, 5), torch.zeros(2, 4), torch.zeros(2, 5), step=1,
+                                                    eps=1, norm="linf"), UsageError, "one shape"),
+    ApiCase("pgd-step-norm", lambda: ops.pgd_step(*_xs(), step=1, eps=1, norm="l3"), UsageError, "norm"),
+    ApiCase("pgd-step-negative-step", lambda: ops.pgd_step(*_xs(), step=-1, eps=1, norm="linf"), UsageError, "step"),
+    ApiCase("cov-float-labels", lambda: ops.ClassCovariance(3, 5).update(torch.rand(4, 5), torch.tensor([0.0, 1.9, 2.0, 1.0])),
+            TypeError, "integer"),
+    ApiCase("cov-bool-labels", lambda: ops.ClassCovariance(2, 5).update(torch.rand(2, 5), torch.tensor([True, False])),
+            TypeError, "integer"),
+    ApiCase("cov-label-range", lambda: ops.ClassCovariance(3, 5).update(torch.rand(2, 5), torch.tensor([0, 3])),
+            UsageError, r"\[0, 3\)"),
+    ApiCase("cov-int-features", lambda: ops.ClassCovariance(3, 5).update(torch.ones(2, 5, dtype=torch.int64),
+                                                                          torch.tensor([0, 1])), UsageError, "floating"),
+    ApiCase("config-lr-zero", lambda: training.resolve_config("synthetic", "std", lr=0.0), UsageError, "--lr"),
+    ApiCase("config-no-adversarial-epoch", lambda: training.resolve_config("mnist", "pgd", epochs=3), UsageError,
+            "no adversarial epoch"),
+]
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
+def test_bad_api_input(case):
+    with pytest.raises(case.error, match=case.match):
+        case.call()
+
+
+def test_all_finite_sees_parameters_and_buffers():
+    from manifoldadv import models
+
+    m = models.create("resnet20", in_shape=(3, 8, 8), num_classes=10)
+    assert training.all_finite(m)
+    m.net.bn.running_var[0] = float("nan")  # a buffer
+    assert not training.all_finite(m)
+    m.net.bn.running_var[0] = 1.0
+    with torch.no_grad():
+        m.net.fc.weight[0, 0] = float("inf")
+    assert not training.all_finite(m)
