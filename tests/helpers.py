@@ -26,15 +26,21 @@ def cli_json(*args):
     return json.loads(r.stdout)
 
 
-def assert_usage_error(result, *needles):
-    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
+def assert_error(result, code: int, *needles) -> str:
+    """Exit `code`, exactly one `error:` line and it last (earlier lines may only be progress
+    logs), no traceback, every needle in that line; returns the line."""
+    assert result.exit_code == code, f"exit {result.exit_code}: {result.output}"
     lines = result.stderr.strip().splitlines()
     errors = [ln for ln in lines if ln.startswith("error: ")]
-    # exactly one error line, last; earlier lines may only be progress logs
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     assert "Traceback" not in result.output
     for n in needles:
         assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+def assert_usage_error(result, *needles):
+    return assert_error(result, 2, *needles)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:

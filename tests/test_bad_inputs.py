@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from manifoldadv import checkpoint, ops, outputs, training
 from manifoldadv.errors import UsageError
 
-from helpers import cli, cli_json, write_fake_mnist
+from helpers import assert_error, cli, cli_json, write_fake_mnist
 
 SYN = ["--data", "synthetic", "--limit", "64", "--device", "cpu"]
 
@@ -199,14 +199,7 @@ def files(root: Path) -> set[str]:
 
 
 def assert_one_error_line(r, code, needles):
-    assert r.exit_code == code, f"exit {r.exit_code}: {r.output}"
-    lines = r.stderr.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
-    assert "Traceback" not in r.output
-    for n in needles:
-        assert n in errors[0], (n, errors[0])
-    return errors[0]
+    return assert_error(r, code, *needles)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
