@@ -171,3 +171,17 @@ def read_cache(path, log=None) -> dict | None:
     if log is not None:
         log(f"{path} was {why}: moved it to {aside.name} and rebuilding it")
     return None
+
+
+def save_figure(fig, path, *, dpi: int = 110, close: bool = True) -> None:
+    """A matplotlib figure written atomically, in the format the suffix names (PNG without one)."""
+    import io
+
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

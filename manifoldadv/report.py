@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 from . import paper
-from .outputs import atomic_write_bytes
+from .outputs import save_figure
 
 NAMES = {"std": "Std training", "fgsm": "FGSM-adv", "pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint (PGD+VAE)",
          "l1": "l1-adv", "joint-lp": "joint (l1+linf)"}
@@ -132,7 +131,4 @@ def heatmap(path, table: dict, title: str) -> None:
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="test accuracy")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

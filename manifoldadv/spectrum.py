@@ -169,7 +169,7 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .outputs import atomic_write_bytes
+    from .outputs import save_figure
 
     classes = [c for c in classes if all(c in s.eigenvalues for s in sets)]
     fig, axes = plt.subplots(len(classes), 3, figsize=(13, 3.2 * len(classes)), squeeze=False)
@@ -195,13 +195,8 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
     titles = [ax.get_title() for ax in axes.flat]
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return titles
 
 
