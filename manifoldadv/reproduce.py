@@ -81,8 +81,7 @@ def spectra_step(study: Study, ds: Dataset) -> dict:
 
 
 def theory_step(study: Study) -> dict:
-    from .theory_check import verify
-    from .theory_plot import save_figure, theory_figure
+    from .theory import save_figure, theory_figure, verify
 
     samples = THEORY_SAMPLES["quick" if study.quick else "full"]
     rows = _cached(study, "theory", {"samples": samples, "seed": study.seed},

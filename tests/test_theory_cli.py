@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from manifoldadv import theory as T
-from manifoldadv import theory_check as C
+from manifoldadv.theory import reports
 from manifoldadv.cli import app
 
 runner = CliRunner()
@@ -113,8 +113,8 @@ def test_simulate_json_default_within_three_percent():
 def test_verify_passes(monkeypatch):
     # Two of the four default spectra (full rank, rank q) keep the test short; every kind of check
     # still runs. `manifoldadv theory verify` itself runs all four.
-    cases = C.default_cases(0)
-    monkeypatch.setattr(C, "default_cases", lambda seed=0: [cases[0], cases[2]])
+    cases = T.default_cases(0)
+    monkeypatch.setattr(T, "default_cases", lambda seed=0: [cases[0], cases[2]])
     out = runner.invoke(app, ["theory", "verify", "--samples", "30000", "--json"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
@@ -123,16 +123,42 @@ def test_verify_passes(monkeypatch):
     for needle in ("Lemma 1", "Thm 2", "paper's change form", "Cor 3", "Thm 4", "Thm 5", "Thm 6", "Ilyas",
                    "Thm 8", "Thm 9", "Simulation", "random non-diagonal"):
         assert needle in names
+    # rank-q data: Theorem 4 is infinite and the paper's form coincides with ours; nothing to compare
+    na = {(r["check"], r["case"]) for r in doc["checks"] if r["passed"] is None}
+    assert ("Thm 4: excess risk (Monte Carlo)", "rank-3 d=6") in na
+    assert {c for c, case in na} == {"Thm 4: excess risk (Monte Carlo)"} | {
+        f"Thm 2: paper's change form rejected, strategy {j}" for j in (1, 2, 3)}
+    assert all(r["passed"] is True for r in doc["checks"] if r["case"] == "toy 4,2,1,0.5")
 
 
 def test_verify_exits_nonzero_on_a_failed_check(monkeypatch):
     def fake_verify(cases, **kw):
         return [{"check": "x", "case": "y", "error": 1.0, "tolerance": 0.1, "kind": "rel", "passed": False, "note": ""}]
 
-    monkeypatch.setattr(C, "verify", fake_verify)
+    monkeypatch.setattr(reports, "verify", fake_verify)
     r = runner.invoke(app, ["theory", "verify", "--json"])
     assert r.exit_code == 1
     assert json.loads(r.stdout)["passed"] is False
+
+
+def test_verify_shows_not_applicable_apart_from_pass_and_fail(monkeypatch):
+    rows = [{"check": "a", "case": "y", "error": 0.1, "tolerance": 4.0, "kind": "z", "passed": True, "note": ""},
+            {"check": "b", "case": "y", "error": float("nan"), "tolerance": 4.0, "kind": "z", "passed": None,
+             "note": "not applicable: nothing to compare"}]
+    monkeypatch.setattr(reports, "verify", lambda cases, **kw: rows)
+    r = runner.invoke(app, ["theory", "verify"])
+    assert r.exit_code == 0, r.output
+    assert "n/a" in r.stdout and "1/2 checks passed, 1 not applicable, 0 failed" in r.stdout
+    doc = run_json("verify")
+    assert doc["passed"] is True and doc["n_failed"] == 0 and doc["checks"][1]["passed"] is None
+
+
+def test_device_cuda_is_refused_auto_and_cpu_accepted():
+    for sub in ("strategies", "excess-risk", "saddle-point", "rates", "augmentation", "simulate", "verify"):
+        assert_usage_error(sub, "--device", "cuda", match="--device cuda")
+    assert_usage_error("plot", "x.png", "--device", "cuda", match="CPU")
+    for device in ("auto", "cpu"):
+        assert run_json("saddle-point", "--device", device)["L"] == 4.0
 
 
 def test_plot_writes_a_png_atomically(tmp_path):

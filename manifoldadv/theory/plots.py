@@ -3,42 +3,36 @@ against the Lagrange multiplier (Corollary 3, Theorems 2 and 4)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from . import theory as T
-
-
-def _ratio(num: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(lam > 0, num / np.where(lam > 0, lam, 1.0), np.nan)
+from .. import outputs
+from .closed_form import as_spectrum, ppca
+from .excess_risk import corollary3, latent_excess_perturbation, original_excess_risk
+from .saddle import amplification, latent_saddle, original_saddle, rank_q_latent_ratio
 
 
 def theory_figure(lam=None, *, q: int = 2, L: float = 4.0, L_orig: float = 4.0, strategy: int = 1,
                   L_min: float = 1.5, L_max: float = 1000.0, source: str | None = None):
     """Build the figure; returns (figure, latent_ratio, original_ratio)."""
-    lam = T.as_spectrum([4.0, 2.0, 1.0, 0.5] if lam is None else lam)
+    lam = as_spectrum([4.0, 2.0, 1.0, 0.5] if lam is None else lam)
     source = source or "eigenvalues " + ",".join(f"{v:g}" for v in lam[:8]) + ("..." if lam.size > 8 else "")
-    T.ppca(lam, q)
+    ppca(lam, q)
     from matplotlib.figure import Figure
     from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
     idx = np.arange(1, lam.size + 1)
-    ls = T.latent_saddle(lam, q, L, strategy)
-    r = T.original_saddle(lam, L_orig)
-    ratio_ls, ratio_r = _ratio(ls, lam), _ratio(r, lam)
+    ls = latent_saddle(lam, q, L, strategy)
+    r = original_saddle(lam, L_orig)
+    ratio_ls, ratio_r = amplification(ls, lam), amplification(r, lam)
     Ls = np.geomspace(L_min, L_max, 200)
-    lam_q = lam.copy()
-    lam_q[q:] = 0.0
-    c3 = T.corollary3(q, Ls)
-    pert = T.latent_excess_perturbation(lam, q, Ls, strategy)
-    th4 = T.original_excess_risk(lam, Ls)
+    c3 = corollary3(q, Ls)
+    pert = latent_excess_perturbation(lam, q, Ls, strategy)
+    th4 = original_excess_risk(lam, Ls)
 
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     marker = "o" if lam.size <= 40 else None
-    rank_q_ratio = np.where(idx <= q, float(T.rank_q_latent_ratio(L)), np.nan)
+    rank_q_ratio = np.where(idx <= q, float(rank_q_latent_ratio(L)), np.nan)
 
     def positive(y):  # zeros (strategy 1, i > q) cannot sit on a log axis
         return np.where(np.isfinite(y) & (y > 0), y, np.nan)
@@ -91,11 +85,5 @@ def theory_figure(lam=None, *, q: int = 2, L: float = 4.0, L_orig: float = 4.0, 
 
 
 def save_figure(fig, path) -> None:
-    """Write atomically (temporary file + rename), in the format the suffix names."""
-    import io
-
-    from .outputs import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=130)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    """Write atomically, in the format the suffix names, at the theory figure's resolution."""
+    outputs.save_figure(fig, path, dpi=130, close=False)  # a bare Figure: nothing for pyplot to close
