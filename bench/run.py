@@ -62,7 +62,7 @@ NORMS = {
 }
 ROTATE_BYTES = 96 << 20
 
-# Acceptance targets of issue 3 (CPU).
+# The CPU kernels' speed targets.
 TARGETS = {
     "linf/l2 >= 5x eager at 1024x3x32x32": ("speedup_eager", ("linf", "l2"), (1024, 3, 32, 32), ">=", 5.0),
     "linf/l2 >= 2x eager at 128x1x28x28": ("speedup_eager", ("linf", "l2"), (128, 1, 28, 28), ">=", 2.0),

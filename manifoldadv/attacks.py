@@ -13,7 +13,7 @@ afterwards.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, ExitStack
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -24,18 +24,70 @@ from .pointwise import VERSION as POINTWISE_VERSION, pointwise
 from .config import defaults
 from .errors import UsageError
 
-REGULAR = ("fgsm", "pgd", "l2", "l1", "pointwise", "l1-worst")
-LATENT = ("vae", "vae-pgd", "vae-l2")
-ATTACKS = ("clean",) + REGULAR + LATENT
-NORM_OF = {"fgsm": "linf", "pgd": "linf", "l2": "l2", "l1": "l1", "pointwise": "l1", "l1-worst": "l1",
-           "vae": "linf", "vae-pgd": "linf", "vae-l2": "l2"}
+@dataclass(frozen=True)
+class AttackKind:
+    """What kind of attack a name is: the one place each rule about attacks lives.
+
+    space: "input" (regular: pixels in [0, 1]) or "latent" (a CVAE's latent, no box).
+    one_step: a single step of size eps from x0, no random start (FGSM, the latent FGSM): steps,
+      step size and restarts do not apply. gradient_free: needs no gradient (restarts, no steps).
+    parts: a "worst of" composite: each part runs on what the parts before it left robust, and an
+      example counts as robust only if every part failed (AutoAttack's robust-flags loop).
+    first_reported_as: a composite also reports its first part's accuracy under this name.
+    """
+
+    name: str
+    norm: str
+    space: str = "input"
+    one_step: bool = False
+    gradient_free: bool = False
+    restarts: int = 1
+    parts: tuple[str, ...] = ()
+    first_reported_as: str | None = None
+    identity: bool = False
+
+    @property
+    def iterative(self) -> bool:
+        """Takes --steps, --step-size and --restarts."""
+        return not (self.one_step or self.gradient_free or self.identity)
+
+
+POINTWISE_RESTARTS = 5  # NOTES.md: 1 / 3 / 5 restarts on MNIST l-inf-adv
+
+KINDS: dict[str, AttackKind] = {k.name: k for k in (
+    AttackKind("clean", "none", identity=True),
+    AttackKind("fgsm", "linf", one_step=True),
+    AttackKind("pgd", "linf"),
+    AttackKind("l2", "l2"),
+    AttackKind("l1", "l1"),
+    AttackKind("pointwise", "l1", gradient_free=True, restarts=POINTWISE_RESTARTS),
+    AttackKind("l1-worst", "l1", parts=("l1", "pointwise"), first_reported_as="slide_accuracy"),
+    AttackKind("vae", "linf", space="latent", one_step=True),
+    AttackKind("vae-pgd", "linf", space="latent"),
+    AttackKind("vae-l2", "l2", space="latent"),
+)}
+REGULAR = tuple(n for n, k in KINDS.items() if k.space == "input" and not k.identity)
+LATENT = tuple(n for n, k in KINDS.items() if k.space == "latent")
+ATTACKS = tuple(KINDS)
+NORM_OF = {n: k.norm for n, k in KINDS.items() if not k.identity}
+
+
+def kind(name: str) -> AttackKind:
+    if name not in KINDS:
+        raise UsageError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    return KINDS[name]
 
 
 def eps_option(name: str, *, linf=None, l2=None, l1=None, latent=None):
     """Which of the per-norm eps options (None: the data set's default) sets attack `name`'s budget."""
-    if name in LATENT:
+    if kind(name).space == "latent":
         return latent
     return {"linf": linf, "l2": l2, "l1": l1}.get(NORM_OF.get(name))
+
+
+def _uses_pointwise(name: str) -> bool:
+    k = KINDS[name]
+    return k.gradient_free or any(KINDS[p].gradient_free for p in k.parts)
 
 
 @dataclass(frozen=True)
@@ -51,12 +103,16 @@ class AttackSpec:
 
     @property
     def space(self) -> str:
-        return "latent" if self.name in LATENT else "input"
+        return KINDS[self.name].space
+
+    @property
+    def kind(self) -> AttackKind:
+        return KINDS[self.name]
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["space"] = self.space
-        if self.name in ("pointwise", "l1-worst"):
+        if _uses_pointwise(self.name):
             d["pointwise_version"] = POINTWISE_VERSION
         return d
 
@@ -65,20 +121,18 @@ def describe(spec: dict, *, step_size: bool = False) -> str:
     """One line naming an attack and its budget, from `AttackSpec.as_dict()` (or an evaluation
     row holding it): "pgd (linf eps 0.2, 40 steps)"; `step_size` adds the step."""
     name = spec["name"]
-    if name == "clean":
+    k = KINDS[name]
+    if k.identity:
         return name
     budget = f"{'latent ' if spec.get('space') == 'latent' else ''}{spec['norm']} eps {spec['eps']:g}"
-    if name == "pointwise":  # gradient-free: restarts, no steps
+    if k.gradient_free:  # restarts, no steps
         return f"{name} ({budget}, gradient-free, {spec['restarts']} restarts)"
     steps = f"{spec['steps']} step{'' if spec['steps'] == 1 else 's'}"
     if step_size:
         steps += f" of {spec['step_size']:.4g}"
-    extra = " + pointwise on what SLIDE leaves" if name == "l1-worst" else ""
+    extra = "".join(f" + {p} on what {k.parts[0] if k.parts[0] != 'l1' else 'SLIDE'} leaves" for p in k.parts[1:])
     restarts = f", {spec['restarts']} restarts" if spec.get("restarts", 1) > 1 else ""
     return f"{name} ({budget}, {steps}{restarts}{extra})"
-
-
-POINTWISE_RESTARTS = 5  # on MNIST l-inf-adv, 1 / 3 / 5 restarts: 25.3 / 11.0 / 6.7 % l1 accuracy (300 images)
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -96,34 +150,52 @@ def make_spec(
     restarts: int | None = None,
     random_start: bool | None = None,
 ) -> AttackSpec:
-    """The attack `name` with the data set's defaults (training or test budgets), overridable."""
-    if name not in ATTACKS:
-        raise UsageError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-    if restarts is None:
-        restarts = POINTWISE_RESTARTS if name == "pointwise" else 1
+    """The attack `name` with the data set's defaults (training or test budgets), overridable.
+    Options an attack does not take (steps for FGSM, ...) are refused, not dropped."""
+    k = kind(name)
+    if k.identity:
+        return AttackSpec(name, norm="none")
+    given = {"steps": steps, "step size": step_size, "restarts": restarts, "random start": random_start}
+    if k.one_step:
+        given = {o: v for o, v in given.items() if v is not None}
+    elif k.gradient_free:
+        given = {o: v for o, v in given.items() if v is not None and o != "restarts"}
+    else:
+        given = {}
+    if given:
+        why = "one step of size eps from x" if k.one_step else "no gradient steps"
+        raise UsageError(f"attack {name} takes {why}: {', '.join(given)} do{'es' if len(given) == 1 else ''} not apply")
+    restarts = k.restarts if restarts is None else restarts
     if restarts < 1:
         raise UsageError(f"restarts must be >= 1, got {restarts}")
-    if name == "clean":
-        return AttackSpec("clean", norm="none")
     d = defaults(dataset)
-    norm = NORM_OF[name]
-    if name in LATENT:
+    if k.space == "latent":
         eps = d.latent_eps if eps is None else eps
-        if name == "vae":  # the paper's latent FGSM
-            return AttackSpec(name, norm, eps, 1, eps, False, 1)
-        steps = d.latent_steps if steps is None else steps
     else:
-        eps = (d.train_eps if train else d.test_eps)[norm] if eps is None else eps
-        if name == "fgsm":
-            return AttackSpec(name, norm, eps, 1, eps, False, 1)
-        if name == "pointwise":  # restarts: the gradient-free attack's own
-            return AttackSpec(name, norm, float(eps), 0, 0.0, False, int(restarts))
-        steps = d.steps if steps is None else steps
-    if eps < 0 or steps < 1:
-        raise UsageError(f"attack {name}: need eps >= 0 and steps >= 1, got eps={eps}, steps={steps}")
+        eps = (d.train_eps if train else d.test_eps)[k.norm] if eps is None else eps
+    if eps < 0:
+        raise UsageError(f"attack {name}: need eps >= 0, got {eps}")
+    if k.one_step:
+        return AttackSpec(name, k.norm, float(eps), 1, float(eps), False, 1)
+    if k.gradient_free:
+        return AttackSpec(name, k.norm, float(eps), 0, 0.0, False, int(restarts))
+    steps = (d.latent_steps if k.space == "latent" else d.steps) if steps is None else steps
+    if steps < 1:
+        raise UsageError(f"attack {name}: need steps >= 1, got {steps}")
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     rs = True if random_start is None else random_start
-    return AttackSpec(name, norm, float(eps), int(steps), float(step_size), rs, int(restarts))
+    return AttackSpec(name, k.norm, float(eps), int(steps), float(step_size), rs, int(restarts))
+
+
+def spec_for(name: str, dataset: str, *, eps=None, steps=None, step_size=None, restarts=None, **kw) -> AttackSpec:
+    """make_spec with a run's options for the iterative attacks (steps, step size, restarts):
+    attacks that do not take them (FGSM, the latent FGSM, pointwise's steps) get their own."""
+    k = kind(name)
+    if not k.iterative:
+        steps = step_size = None
+        if not k.gradient_free:
+            restarts = None
+    return make_spec(name, dataset, eps=eps, steps=steps, step_size=step_size, restarts=restarts, **kw)
 
 
 @contextmanager
@@ -198,37 +270,55 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
             generator: torch.Generator | None = None, record: dict | None = None) -> torch.Tensor:
     """Adversarial images for (x, y) against `model` under `spec` (in [0, 1]).
 
-    record: for `l1-worst`, gets "slide_correct", how many samples SLIDE alone left correctly
-    classified (the plain `l1` attack's count, so one run gives both accuracies); for a latent
-    attack, "origin", the reconstructions G_y(I_y(x)) the perturbation starts from."""
-    if spec.name == "clean":
+    record: for a "worst of" composite, gets "first_correct", how many samples its first part
+    alone left correctly classified (that attack's own count: one run gives both accuracies);
+    for a latent attack, "origin", the reconstructions G_y(I_y(x)) the perturbation starts from."""
+    k = spec.kind
+    if k.identity:
         return x
-    with ExitStack() as stack:
-        stack.enter_context(frozen(model, cvae))
-        if spec.name == "pointwise":
+    with frozen(model, cvae):
+        if k.parts:
+            return _worst_of(model, x, y, spec, cvae=cvae, generator=generator, record=record)
+        if k.gradient_free:
             return pointwise(model, x, y, eps=spec.eps, generator=generator, restarts=spec.restarts)[0]
-        if spec.space == "input":
-            x_adv = maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator)
-            if spec.name == "l1-worst":
-                with torch.no_grad():
-                    left = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)
-                if record is not None:
-                    record["slide_correct"] = len(left)
-                if len(left):
-                    # the generator goes back to where SLIDE left it, so that the next batch's
-                    # SLIDE is the plain `l1` attack's and `l1-worst` fools a superset of it
-                    state = generator.get_state() if generator is not None else None
-                    x_pw, fooled = pointwise(model, x[left], y[left], eps=spec.eps, generator=generator,
-                                             restarts=POINTWISE_RESTARTS)
-                    if state is not None:
-                        generator.set_state(state)
-                    x_adv[left[fooled]] = x_pw[fooled]
-            return x_adv
+        if k.space == "input":
+            return maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator)
         z0, z = latent_search(model, cvae, x, y, spec, generator=generator)
         with torch.no_grad():
             if record is not None:
                 record["origin"] = cvae.decode_mean(z0, y)
             return cvae.decode_mean(z, y)
+
+
+def _part(spec: AttackSpec, name: str) -> AttackSpec:
+    """A composite's part: the composite's own budget and schedule for an attack of its norm;
+    a gradient-free part keeps its own restarts."""
+    k = KINDS[name]
+    if k.gradient_free:
+        return AttackSpec(name, k.norm, spec.eps, 0, 0.0, False, k.restarts, spec.l1_quantile)
+    return replace(spec, name=name)
+
+
+def _worst_of(model, x, y, spec: AttackSpec, *, cvae, generator, record):
+    first, *rest = spec.kind.parts
+    x_adv = perturb(model, x, y, _part(spec, first), cvae=cvae, generator=generator)
+    for i, name in enumerate(rest):
+        with torch.no_grad():
+            left = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)
+        if i == 0 and record is not None:
+            record["first_correct"] = len(left)
+        if not len(left):
+            break
+        # the generator goes back to where the first part left it, so that the next batch's first
+        # part is exactly that attack run alone and the composite fools a superset of it
+        state = generator.get_state() if generator is not None else None
+        x_part = perturb(model, x[left], y[left], _part(spec, name), cvae=cvae, generator=generator)
+        if state is not None:
+            generator.set_state(state)
+        with torch.no_grad():
+            fooled = model(x_part).argmax(1) != y[left]
+        x_adv[left[fooled]] = x_part[fooled]
+    return x_adv
 
 
 def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None):

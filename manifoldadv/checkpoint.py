@@ -9,6 +9,7 @@ and for classifiers ``clean_accuracy``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -186,3 +187,8 @@ def load_model(path, *, kind: str, device="cpu", dataset: str | None = None) -> 
         article = "an" if kind[0] in "aeiou" else "a"
         raise CheckpointError(f"{path} is {article} {kind} trained on {ck.meta['dataset']}, not {dataset}")
     return ck.build(device), ck.meta
+
+
+def digest(path) -> str:
+    """A checkpoint's identity in caches and records: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

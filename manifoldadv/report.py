@@ -5,12 +5,23 @@ from __future__ import annotations
 import math
 
 from . import paper
+from .attacks import describe
 from .outputs import save_figure
 
 NAMES = {"std": "Std training", "fgsm": "FGSM-adv", "pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint (PGD+VAE)",
          "l1": "l1-adv", "joint-lp": "joint (l1+linf)"}
 ATTACK_NAMES = {"clean": "clean data", "fgsm": "FGSM-attack", "pgd": "PGD-attack", "vae": "VAE-attack",
                 "l1": "l1-attack", "l2": "l2-attack"}
+# Table 2's two halves: (key, title); in the l1/l-inf half the l-inf model and attack are named so
+TABLE2_HALVES = (("lp", "l1 vs l-inf"), ("gen", "regular vs generative"))
+
+
+def table2_model(model: str, half: str) -> str:
+    return {"pgd": "l-inf-adv" if half == "lp" else "PGD-adv"}.get(model, NAMES.get(model, model))
+
+
+def table2_attack(attack: str, half: str) -> str:
+    return "l-inf-attack" if (half == "lp" and attack == "pgd") else ATTACK_NAMES.get(attack, attack)
 
 
 def pct(x) -> str:
@@ -40,14 +51,14 @@ def table1_md(table1: dict, data: str) -> str:
 def table2_md(tradeoff: dict, data: str) -> str:
     ref = paper.table2(data)
     out = []
-    for half, label in (("lp", "l1 vs l-inf"), ("gen", "regular vs generative")):
+    for half, label in TABLE2_HALVES:
         mat = tradeoff[half]
         cols = list(next(iter(mat.values())).keys())
         rows = []
         for attack, per_model in mat.items():
-            rows.append([ATTACK_NAMES.get(attack, attack).replace("PGD-attack", "l-inf-attack" if half == "lp" else "PGD-attack")] +
+            rows.append([table2_attack(attack, half)] +
                         [cell(per_model[m], ref.get(half, {}).get(attack, {}).get(m)) for m in cols])
-        names = [{"pgd": "l-inf-adv" if half == "lp" else "PGD-adv"}.get(m, NAMES.get(m, m)) for m in cols]
+        names = [table2_model(m, half) for m in cols]
         out.append(f"*{label}*\n\n" + _md_table([""] + names, rows))
         if half == "lp" and "l1_slide_only" in tradeoff:
             slide = tradeoff["l1_slide_only"]
@@ -100,12 +111,18 @@ def spectra_md(summary: list[dict], top: int) -> str:
 
 
 def theory_md(rows: list[dict]) -> str:
-    n_pass = sum(r["passed"] for r in rows)
+    n_pass = sum(r["passed"] is True for r in rows)
+    n_na = sum(r["passed"] is None for r in rows)  # a check that cannot apply to this case
     # results.json stores non-finite numbers as null (strict JSON): a rejected paper form has z = inf
-    body = [[r["check"], r["case"], "non-finite" if r["error"] is None else f"{r['error']:.3g}",
-             f"{r['tolerance']:.3g} ({r['kind']})",
-             "pass" if r["passed"] else "FAIL"] for r in rows]
-    return f"{n_pass}/{len(rows)} checks pass.\n\n" + _md_table(["check", "spectrum", "error", "tolerance", ""], body)
+    def error(r):
+        if r["passed"] is None:
+            return "n/a"
+        return "non-finite" if r["error"] is None else f"{r['error']:.3g}"
+
+    body = [[r["check"], r["case"], error(r), f"{r['tolerance']:.3g} ({r['kind']})",
+             {True: "pass", False: "FAIL", None: "n/a"}[r["passed"]]] for r in rows]
+    na = f" ({n_na} not applicable)" if n_na else ""
+    return f"{n_pass}/{len(rows)} checks pass{na}.\n\n" + _md_table(["check", "spectrum", "error", "tolerance", ""], body)
 
 
 def heatmap(path, table: dict, title: str) -> None:
@@ -132,3 +149,93 @@ def heatmap(path, table: dict, title: str) -> None:
     fig.colorbar(im, ax=ax, label="test accuracy")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def render(r: dict) -> str:
+    """report.md from a study's results.json document."""
+    data = r["data"]
+    quick = " (QUICK smoke run: short schedules and subsets, not the paper's settings)" if r["quick"] else ""
+    if r.get("train_steps_override"):
+        quick += f" (adversarial training with {r['train_steps_override']} PGD steps instead of the paper's)"
+    lines = [
+        f"# manifoldadv reproduction: {data}{quick}",
+        "",
+        f"Seed {r['seed']}, device {r['device']} ({r.get('precision', 'fp32')}"
+        f"{', compiled training' if (r.get('compile') or {}).get('train') else ''}"
+        f"{', compiled evaluation' if (r.get('compile') or {}).get('eval') else ''}), "
+        f"{r['n_train']} training and {r['n_test']} test examples "
+        f"({r['n_test_spectra']} for the spectra), "
+        f"joint strategy `{r['strategy']}`. Wall time of this invocation {_hms(r['wall_seconds_this_run'])}; "
+        f"compute recorded in the artefacts (training {_hms(r['train_seconds_recorded'])}, evaluation "
+        f"{_hms(r['eval_seconds_recorded'])}, total {_hms(r['compute_seconds_recorded'])}).",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+        "",
+        "Cells read *ours (paper)*; the paper's numbers are its Tables 1 and 2"
+        + (" (the paper has none for this data set)." if not r["table1_paper"] else "."),
+        "",
+        "## Table 1: test accuracy under each attack (rows) for each defence (columns)",
+        "",
+        table1_md(r["table1"], data),
+        "",
+        "![attack x defence](figures/attack_defence.png)",
+        "",
+        "## Table 2: robustness trade-offs",
+        "",
+        table2_md(r["tradeoff"], data),
+        "",
+        "**Measured trade-off** (how much robust accuracy each joint model gives up against the model "
+        "trained for that attack alone; paper in parentheses):",
+        "",
+        drops_md(r["tradeoff"], data),
+        "",
+    ]
+    d = r["tradeoff"]["drops"]
+    lines += [f"The l1/l-inf conflict costs {100 * d['joint-lp']['mean']:.1f} pp on average, the regular/generative "
+              f"conflict {100 * d['joint']['mean']:.1f} pp.", ""]
+    sp = r["spectra"]
+    lines += [
+        "## Spectra of the clean and robust test sets (Figure 2)",
+        "",
+        f"Per class, the eigenvalues of a set divided by those of the set it is measured against (both sorted "
+        f"descending), averaged geometrically over the top {sp['top']} and over the tail; eigenvalues below "
+        f"{sp['floor_rel']:g} x the reference class's largest count as that floor. The paper's claim: the "
+        f"PGD-robust set lifts the tail (small-variance directions) and not the top; the VAE-robust set lifts the "
+        f"top and not the tail. The latent attack starts from the CVAE's reconstructions G(I(x)) (dashed in the "
+        f"figure), so its set is also measured against them: by Lemma 1 it is x0 + W dz with x0 from the "
+        f"encode-decode distribution D', and the rows against the reconstructions show the perturbation W dz "
+        f"alone, the rows of the reconstructions against the clean set the change D -> D'. The last column says "
+        f"where the perturbations point: the share of their squared norm (x_adv - x; for the latent attack "
+        f"G(z') - G(I(x))) that lies in the clean class's {sp['top']} leading eigen-directions, against "
+        f"{100 * sp['top'] / sp['dim']:.1f}% for isotropic noise.",
+        "",
+        spectra_md(sp["summary"], sp["top"]),
+        "",
+        "![spectra](figures/spectra.png)",
+        "",
+        "All classes: [figures/spectra_all.png](figures/spectra_all.png).",
+        "",
+    ]
+    if r["theory"]:
+        th = r["theory"]
+        lines += ["## Theory checks (`manifoldadv theory verify`)", "",
+                  f"Monte Carlo with {th['samples']} samples per check.", "", theory_md(th["checks"]), "",
+                  "![theory](figures/theory.png)", ""]
+    lines += ["## Configuration", "", "| model | epochs | clean accuracy / CVAE -ELBO | training time | settings |",
+              "|---|---|---|---|---|"]
+    for mode, m in r["models"].items():
+        hp = m["hparams"]
+        acc = pct(m["clean_accuracy"]) if "clean_accuracy" in m else f"{m.get('test_nelbo') or float('nan'):.2f} nats"
+        attacks = "; ".join(describe(a, step_size=True) for a in hp.get("attacks", []))
+        settings = (f"{hp['model']}, batch {hp['batch_size']}, lr {hp['lr']:g}, wd {hp['weight_decay']:g}"
+                    + (f", adversarial from epoch {hp['adv_start'] + 1}: {attacks}" if attacks else "")
+                    + (f", strategy {hp['strategy']}" if mode in ("joint", "joint-lp") else ""))
+        lines.append(f"| {mode} | {m['epochs']} | {acc} | {_hms(m['train_seconds'])} | {settings} |")
+    lines += ["", "Evaluation attacks: "
+              + "; ".join(sorted({describe(e, step_size=True) for e in r["evaluations"] if e["attack"] != "clean"})) + ".", ""]
+    return "\n".join(lines)

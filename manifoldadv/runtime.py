@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import random
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,9 +34,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def versions() -> dict[str, str | None]:
+def versions() -> dict[str, str | bool | None]:
+    """What made a result: package versions, the extension, and the code's git commit (with
+    whether the working tree had uncommitted changes; None outside a git checkout)."""
     from . import ops
 
+    commit, dirty = git_state()
     return {
         "manifoldadv": __version__,
         "torch": torch.__version__,
@@ -41,4 +47,24 @@ def versions() -> dict[str, str | None]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "extension": "loaded" if ops.extension_loaded() else "missing",
+        "commit": commit,
+        "dirty": dirty,
     }
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, uncommitted changes to tracked files) of the checkout this package runs from."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None

@@ -29,7 +29,7 @@ import torch
 from pathlib import Path
 
 from . import accel, checkpoint, console, loader, ops
-from .attacks import make_spec, perturb, reconstruct
+from .attacks import perturb, reconstruct, spec_for
 from .errors import UsageError
 from .evaluate import make_generator
 
@@ -243,7 +243,7 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_si
                     if all(s.name != baseline for s in sets):
                         counts, spectra, _ = measure(baseline, transform=reconstructed(cvae_model))
                         sets.append(SetSpectrum(baseline, str(cvae_path), "reconstruction", counts, spectra))
-            spec = make_spec(name, ds.name, steps=None if name in ("fgsm", "vae") else steps)
+            spec = spec_for(name, ds.name, steps=steps)
             label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
             energy = PerturbationEnergy(directions)
             counts, spectra, _ = measure(label, energy, transform=attacked(model, spec, cvae_model))

@@ -13,25 +13,18 @@ model resumes from its last finished epoch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import accel, checkpoint, console, outputs, training
-from .attacks import make_spec
+from .attacks import KINDS, spec_for
+from .config import defaults
 from .outputs import atomic_write_text
 from .data import Dataset
-from .errors import UsageError
 from .evaluate import attack_accuracy
 
-# short schedules and subsets for smoke runs (the report says when they were used)
-QUICK = {
-    "synthetic": {"epochs": 3, "adv_start": 1, "steps": 5, "cvae_epochs": 6, "train": 3000, "test": 1000},
-    "mnist": {"epochs": 2, "adv_start": 1, "steps": 5, "cvae_epochs": 2, "train": 6000, "test": 1000},
-    "cifar10": {"epochs": 2, "adv_start": 1, "steps": 3, "cvae_epochs": 2, "train": 2000, "test": 500},
-}
 TABLE1_ROWS = ("clean", "fgsm", "pgd", "vae")
 TABLE1_COLS = ("std", "fgsm", "pgd", "vae", "joint")
 LP_MODELS = ("l1", "pgd", "joint-lp")
@@ -62,7 +55,7 @@ class Study:
         outputs.make_folder(self.run_dir / "results", "run folder")
         outputs.make_folder(self.run_dir / "figures", "run folder")
         if self.quick and self.eval_steps is None:
-            self.eval_steps = QUICK[self.data]["steps"]
+            self.eval_steps = defaults(self.data).quick.steps
 
     # ---------------------------------------------------------------- data and models
 
@@ -70,8 +63,8 @@ class Study:
         # spectra need more rows per class than pixels, so they always use the whole test split
         self.spectra_test = ds.test
         if self.quick:
-            q = QUICK[self.data]
-            ds.train, ds.test = ds.train.head(q["train"]), ds.test.head(q["test"])
+            q = defaults(self.data).quick
+            ds.train, ds.test = ds.train.head(q.train), ds.test.head(q.test)
         return ds
 
     def path(self, mode: str) -> Path:
@@ -81,10 +74,10 @@ class Study:
     def config(self, mode: str, ds: Dataset) -> training.TrainConfig:
         kw = {}
         if self.quick:
-            q = QUICK[self.data]
-            kw = ({"epochs": q["cvae_epochs"]} if mode == "cvae" else
-                  {"epochs": q["epochs"], "adv_start": q["adv_start"], "steps": q["steps"]})
-            if mode != "cvae" and any(a in ("fgsm", "pgd", "l1", "l2") for a in training.MODES[mode]):
+            q = defaults(self.data).quick
+            kw = ({"epochs": q.cvae_epochs} if mode == "cvae" else
+                  {"epochs": q.epochs, "adv_start": q.adv_start, "steps": q.steps})
+            if mode != "cvae" and any(KINDS[a].space == "input" for a in training.MODES[mode]):
                 kw["eps_warmup"] = 1  # of the quick runs' two adversarial epochs
         if self.train_steps is not None and mode != "cvae":
             kw["steps"] = self.train_steps
@@ -95,28 +88,18 @@ class Study:
         cfg = training.resolve_config(self.data, mode, seed=self.seed, limit=limit, strategy=strategy, **kw)
         if training.needs_cvae(mode):
             cfg.cvae = str(self.path("cvae"))
+            cfg.cvae_sha256 = checkpoint.digest(self.path("cvae"))
         return cfg
 
     def ensure_trained(self, mode: str, ds: Dataset) -> Path:
         """Train `mode` unless its checkpoint is complete; resume it when half-trained."""
-        out = self.path(mode)
-        cfg = self.config(mode, ds)
-        if out.exists():
-            meta = checkpoint.load(out).meta
-            stale = training.mismatched(meta.get("hparams", {}), cfg)
-            if stale:
-                raise UsageError(f"{out} was trained with other settings ({', '.join(stale)}) than this study "
-                                 f"uses; move it away or use another --run-dir")
-            if meta.get("complete"):
-                return out
         cvae = None
         if training.needs_cvae(mode):
             cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
-        console.log(f"[{self.data}] training {mode} -> {out}")
-        t0 = time.perf_counter()
-        training.train(cfg, ds, device=self.device, out=out, resume=True, cvae=cvae,
-                       compile=None if mode == "cvae" else self.compile)
-        self.timings[f"train:{mode}"] = round(time.perf_counter() - t0, 1)
+        out, t0 = self.path(mode), time.perf_counter()
+        if training.ensure_trained(self.config(mode, ds), ds, device=self.device, out=out, cvae=cvae,
+                                   compile=None if mode == "cvae" else self.compile):
+            self.timings[f"train:{mode}"] = round(time.perf_counter() - t0, 1)
         return out
 
     # ---------------------------------------------------------------- evaluations (cached)
@@ -130,12 +113,15 @@ class Study:
     def accuracy(self, mode: str, attack: str, ds: Dataset) -> dict:
         """Accuracy of the `mode` model under `attack` (cached by checkpoint hash and settings)."""
         ck = self.ensure_trained(mode, ds)
-        steps = None if attack in ("clean", "fgsm", "vae") else self.eval_steps
-        spec = make_spec(attack, self.data, steps=steps)
-        digest = hashlib.sha256(ck.read_bytes()).hexdigest()[:16]
-        # fp32 keys keep their old form, so caches written before precision existed stay valid
-        precision = [] if self.precision == "fp32" else [{"precision": self.precision}]
-        key = json.dumps([ck.name, digest, spec.as_dict(), len(ds.test), self.seed, *precision], sort_keys=True)
+        spec = spec_for(attack, self.data, steps=self.eval_steps)
+        # keys keep their old form where nothing new applies, so older caches stay valid: the
+        # precision when not fp32, and the CVAE's digest for latent attacks (a replaced CVAE
+        # must not reuse rows)
+        extra = [] if self.precision == "fp32" else [{"precision": self.precision}]
+        if spec.space == "latent":
+            extra.append({"cvae": checkpoint.digest(self.ensure_trained("cvae", ds))})
+        key = json.dumps([ck.name, checkpoint.digest(ck), spec.as_dict(), len(ds.test), self.seed, *extra],
+                         sort_keys=True)
         evals = self._load_evals()
         if key in evals:
             return evals[key]
@@ -183,9 +169,3 @@ class Study:
                 "joint": {**drop_gen, "mean": sum(drop_gen.values()) / 2},
             },
         }
-
-
-def check_dataset(name: str) -> str:
-    if name not in QUICK:
-        raise UsageError(f"unknown data set {name!r}")
-    return name

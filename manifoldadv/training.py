@@ -6,12 +6,8 @@ Modes: std (clean), fgsm, pgd (linf), l2, l1, joint-lp (l1 + linf), vae (latent-
 adversarial training), joint (PGD + VAE), cvae (train the conditional VAE itself).
 From epoch `adv_start` on the loss is (1 - w) * CE(adversarial) + w * CE(clean) with
 w = `clean_weight`: 0 (adversarial examples only, Madry et al.) for every mode but `fgsm`,
-where it is 0.5 (Goodfellow et al. 2014). With w = 0, one-step FGSM training on MNIST
-"leaks the label" (Kurakin et al. 2016): measured here, clean accuracy fell from 98.8% to
-about 70% while accuracy on the FGSM training examples rose to 97%.
-The regular attacks' eps and step size ramp linearly from 0 to their targets over the first
-`eps_warmup` adversarial epochs (per batch); latent attacks are not ramped. Without the ramp,
-PGD-adv LeNet5 on MNIST collapsed to a constant output in its first adversarial epoch.
+where it is 0.5 (Goodfellow et al. 2014). The regular attacks' eps and step size ramp up over
+the first `eps_warmup` adversarial epochs. NOTES.md says why for both.
 
 Determinism and resumption: the data order and the attacks' random starts of epoch e come
 from generators seeded with (seed, e), and every epoch ends with an atomic checkpoint that
@@ -30,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from . import accel, checkpoint, console, loader, models, outputs
-from .attacks import AttackSpec, eps_option, make_spec, perturb, with_overrides
-from .config import defaults
+from .attacks import KINDS, AttackSpec, eps_option, perturb, spec_for, with_overrides
+from .config import Schedule, defaults
 from .data import Dataset, Split
 from .errors import CheckpointError, TrainingError, UsageError
 from .evaluate import clean_accuracy, make_generator
@@ -49,23 +45,17 @@ MODES: dict[str, tuple[str, ...]] = {
     "cvae": (),
 }
 STRATEGIES = ("avg", "max")
-DEFAULT_CLEAN_WEIGHT = {"fgsm": 0.5}  # Goodfellow et al.'s alpha; see the module docstring
+DEFAULT_CLEAN_WEIGHT = {"fgsm": 0.5}  # Goodfellow et al.'s alpha (NOTES.md: label leaking)
 
 
 def needs_cvae(mode: str) -> bool:
-    return any(a in ("vae", "vae-pgd", "vae-l2") for a in MODES.get(mode, ()))
+    return any(KINDS[a].space == "latent" for a in MODES.get(mode, ()))
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Schedule):
     data: str
     mode: str
-    model: str
-    epochs: int
-    adv_start: int
-    batch_size: int
-    lr: float
-    weight_decay: float
     seed: int = 0
     limit: int | None = None
     augment: bool = False
@@ -76,6 +66,7 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     cvae: str | None = None
     precision: str = "fp32"  # of the classifier's forwards (accel.py)
+    cvae_sha256: str | None = None  # checkpoint.digest of the CVAE the latent attacks use
 
     def specs(self) -> list[AttackSpec]:
         return [AttackSpec(**{k: v for k, v in a.items() if k != "space"}) for a in self.attacks]
@@ -91,10 +82,7 @@ def resolve_config(
     batch_size: int | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
-    eps: float | None = None,
-    l1_eps: float | None = None,
-    l2_eps: float | None = None,
-    latent_eps: float | None = None,
+    budgets: dict | None = None,
     steps: int | None = None,
     step_size: float | None = None,
     strategy: str = "avg",
@@ -107,7 +95,10 @@ def resolve_config(
     cvae: str | None = None,
     precision: str = "fp32",
 ) -> TrainConfig:
-    """The paper's defaults for (data, mode), with every given override applied."""
+    """The paper's defaults for (data, mode), with every given override applied.
+
+    budgets: the attacks' eps by norm, {"linf", "l2", "l1", "latent"} (a missing or None one:
+    the data set's default)."""
     data = str(getattr(data, "value", data))
     precision = accel.check_precision(precision)
     if mode not in MODES:
@@ -134,13 +125,8 @@ def resolve_config(
     model = _given(model, d.model)
     if models.spec(model).kind != "classifier":
         raise UsageError(f"mode {mode} trains a classifier; {model!r} is a {models.spec(model).kind}")
-    specs = []
-    for name in MODES[mode]:
-        latent_attack = name == "vae"
-        specs.append(make_spec(name, data, train=True,
-                               eps=eps_option(name, linf=eps, l2=l2_eps, l1=l1_eps, latent=latent_eps),
-                               steps=None if latent_attack else steps,
-                               step_size=None if latent_attack else step_size).as_dict())
+    specs = [spec_for(name, data, train=True, eps=eps_option(name, **(budgets or {})), steps=steps,
+                      step_size=step_size).as_dict() for name in MODES[mode]]
     clean_weight = DEFAULT_CLEAN_WEIGHT.get(mode, 0.0) if clean_weight is None else clean_weight
     if not 0.0 <= clean_weight < 1.0:
         raise UsageError(f"--clean-weight must be in [0, 1), got {clean_weight}")
@@ -288,6 +274,8 @@ def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, histo
         "in_shape": list(dataset.shape),
         "num_classes": dataset.num_classes,
         "dataset": cfg.data,
+        "n_train": len(dataset.train),  # what training really saw (the limit, or the whole set)
+        "n_test": len(dataset.test),
         "mode": cfg.mode,
         "hparams": asdict(cfg),
         "epoch": epoch,
@@ -306,13 +294,32 @@ def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, histo
 _MUST_MATCH = ("data", "mode", "model", "epochs", "adv_start", "batch_size", "lr", "weight_decay", "seed",
                "limit", "augment", "strategy", "clean_weight", "eps_warmup", "attacks", "model_kwargs", "precision")
 _ADDED_LATER = {"clean_weight": 0.0, "eps_warmup": 0, "precision": "fp32"}  # what a checkpoint without the field used
+_UNRECORDED_OK = ("cvae_sha256",)  # checked when the checkpoint records it (older ones do not)
 
 
 def mismatched(old_hparams: dict, cfg: TrainConfig) -> list[str]:
     """Settings in which a checkpoint's recorded hyper-parameters differ from `cfg`
     (a checkpoint from before a setting existed counts as having that setting's default 0)."""
     new = asdict(cfg)
-    return [k for k in _MUST_MATCH if old_hparams.get(k, _ADDED_LATER.get(k, new[k])) != new[k]]
+    stale = [k for k in _MUST_MATCH if old_hparams.get(k, _ADDED_LATER.get(k, new[k])) != new[k]]
+    return stale + [k for k in _UNRECORDED_OK if old_hparams.get(k) not in (None, new[k])]
+
+
+def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None, compile: bool | None = None) -> bool:
+    """`out` trained per `cfg`: kept when complete with these settings, resumed when half-trained,
+    trained when missing; a checkpoint made with other settings is refused. True if it trained."""
+    out = Path(out)
+    if out.exists():
+        meta = checkpoint.load(out).meta
+        stale = mismatched(meta.get("hparams", {}), cfg)
+        if stale:
+            raise UsageError(f"{out} was trained with other settings ({', '.join(stale)}); move it away or "
+                             f"choose another output")
+        if meta.get("complete"):
+            return False
+    console.log(f"training {cfg.mode} ({cfg.model}, {len(dataset.train)} examples) -> {out}")
+    train(cfg, dataset, device=device, out=out, resume=out.exists(), cvae=cvae, compile=compile)
+    return True
 
 
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from manifoldadv import models, training
-from manifoldadv.attacks import AttackSpec, make_spec, maximize, perturb
+from manifoldadv.errors import UsageError
+from manifoldadv.attacks import AttackSpec, make_spec, maximize, perturb, spec_for
 from manifoldadv.data import make_synthetic
 from manifoldadv.evaluate import attack_accuracy, clean_accuracy
 
@@ -31,7 +32,7 @@ def trained():
 def test_adversarial_examples_stay_in_ball_and_box(trained, name):
     m, ds = trained
     x, y = ds.test.images(slice(0, 64)), ds.test.y[:64]
-    spec = make_spec(name, "synthetic", steps=5)
+    spec = spec_for(name, "synthetic", steps=5)
     xa = perturb(m, x, y, spec, generator=torch.Generator().manual_seed(0))
     d = (xa - x).flatten(1).double()
     p = {"linf": math.inf, "l2": 2, "l1": 1}[spec.norm]
@@ -115,3 +116,21 @@ def test_eps_warmup_ramps_regular_attacks_only():
     assert training.resolve_config("mnist", "vae").eps_warmup == 0
     assert training.resolve_config("cifar10", "pgd").eps_warmup == 0
     assert training.resolve_config("mnist", "pgd").eps_warmup == 2
+
+
+@pytest.mark.parametrize("name,kw", [("fgsm", {"steps": 3}), ("fgsm", {"restarts": 2}), ("vae", {"step_size": 0.1}),
+                                     ("pointwise", {"steps": 5}), ("fgsm", {"random_start": True})])
+def test_options_an_attack_does_not_take_are_refused(name, kw):
+    with pytest.raises(UsageError, match="not apply"):
+        make_spec(name, "synthetic", **kw)
+    # a run's options for the iterative attacks leave the others as they are, and say so in the spec
+    spec = spec_for(name, "synthetic", **{k: v for k, v in kw.items() if k != "random_start"})
+    assert spec == make_spec(name, "synthetic")
+
+
+def test_registry_is_the_one_home_of_attack_rules():
+    from manifoldadv.attacks import KINDS, LATENT, REGULAR
+
+    assert LATENT == ("vae", "vae-pgd", "vae-l2") and "clean" not in REGULAR
+    assert [n for n, k in KINDS.items() if not k.iterative] == ["clean", "fgsm", "pointwise", "vae"]
+    assert make_spec("l1-worst", "synthetic").as_dict()["pointwise_version"] >= 1

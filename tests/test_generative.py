@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from manifoldadv import models, training
-from manifoldadv.attacks import latent_search, make_spec, perturb, with_overrides
+from manifoldadv.attacks import latent_search, make_spec, perturb, spec_for, with_overrides
 from manifoldadv.data import make_synthetic
 from manifoldadv.evaluate import attack_accuracy
 
@@ -55,7 +55,7 @@ def test_cvae_loss_decreases_on_synthetic(small, tmp_path, likelihood):
 def test_latent_attack_stays_in_its_latent_ball(trained_pair, small, name, p):
     clf, cvae = trained_pair
     x, y = small.test.images(slice(0, 64)), small.test.y[:64]
-    spec = make_spec(name, "synthetic", steps=4)
+    spec = spec_for(name, "synthetic", steps=4)
     z0, z = latent_search(clf, cvae, x, y, spec, generator=torch.Generator().manual_seed(0))
     dist = (z - z0).norm(p=p, dim=1)
     assert float(dist.max()) <= spec.eps * (1 + 1e-5)
@@ -83,7 +83,7 @@ def test_vae_training_makes_model_more_robust_to_the_latent_attack(trained_pair,
     from manifoldadv import checkpoint
 
     spec = make_spec("vae", "synthetic")
-    cfg = training.resolve_config("synthetic", "vae", model="mlp", epochs=4, adv_start=1, seed=0, latent_eps=3.0)
+    cfg = training.resolve_config("synthetic", "vae", model="mlp", epochs=4, adv_start=1, seed=0, budgets={"latent": 3.0})
     training.train(cfg, small, device="cpu", out=tmp_path / "vae.safetensors", cvae=cvae)
     robust, _ = checkpoint.load_model(tmp_path / "vae.safetensors", kind="classifier")
     attack = with_overrides(spec, eps=3.0, step_size=3.0)

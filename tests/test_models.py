@@ -35,7 +35,14 @@ def test_mlp_and_registry():
     assert m(torch.rand(4, 1, 28, 28)).shape == (4, 10)
     assert {"lenet5", "resnet32", "mlp"} <= set(models.available("classifier"))
     assert {"cvae-mlp", "cvae-cnn"} <= set(models.available("cvae"))
-    assert models.default_model("mnist") == "lenet5" and models.default_model("cifar10") == "resnet32"
+    from manifoldadv.config import DEFAULTS
+    from manifoldadv.data import DATASETS
+
+    # the data sets' defaults are one table: every data set has one, naming registered models
+    assert set(DEFAULTS) == set(DATASETS)
+    assert DEFAULTS["mnist"].model == "lenet5" and DEFAULTS["cifar10"].model == "resnet32"
+    for d in DEFAULTS.values():
+        assert models.spec(d.model).kind == "classifier" and models.spec(d.cvae.model).kind == "cvae"
     with pytest.raises(Exception, match="unknown model"):
         models.create("vgg99", in_shape=(1, 28, 28), num_classes=10)
 

@@ -339,3 +339,17 @@ def test_reference_update_matches_np_cov():
         ops.class_cov_update_reference(counts, means, m2, torch.from_numpy(X[i:i + 13]), torch.from_numpy(y[i:i + 13]))
     cov = ops.class_cov_finalize_reference(counts, m2)
     assert_matches((counts, means, cov), np_truth(X, y, 4), rtol=1e-9)
+
+
+def test_finalize_honours_the_require_extension_flag(monkeypatch):
+    """finalize must not fall back to the reference silently where the update may not."""
+    from manifoldadv.errors import ExtensionError
+    from manifoldadv.ops import extension
+
+    acc = ops.ClassCovariance(2, 3)
+    acc.update(torch.rand(6, 3), torch.tensor([0, 1, 0, 1, 0, 1]))
+    acc.flush()
+    monkeypatch.setenv(ops.REQUIRE_EXT_ENV, "1")
+    monkeypatch.setattr(extension, "has_kernel", lambda op, device_type: False)
+    with pytest.raises(ExtensionError, match="class_cov_finalize"):
+        acc.finalize()

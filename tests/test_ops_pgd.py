@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from manifoldadv import ops
+from manifoldadv.ops.extension import use_kernel
 from manifoldadv.errors import ExtensionError, UsageError
 
 needs_ext = pytest.mark.skipif(not ops.extension_loaded(), reason=f"extension not built: {ops.EXTENSION_ERROR}")
@@ -324,9 +325,9 @@ def test_require_ext_makes_missing_kernel_an_error(monkeypatch):
     monkeypatch.setenv(ops.REQUIRE_EXT_ENV, "1")
     # "xla" never has a manifoldadv kernel
     with pytest.raises(ExtensionError):
-        ops._use_kernel("pgd_step", "xla")
+        use_kernel("pgd_step", "xla")
     monkeypatch.setenv(ops.REQUIRE_EXT_ENV, "0")
-    assert ops._use_kernel("pgd_step", "xla") is False
+    assert use_kernel("pgd_step", "xla") is False
 
 
 def test_cpu_kernels_present_when_required():

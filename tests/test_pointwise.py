@@ -72,6 +72,7 @@ def test_linear_model_against_exact_l1_optimum():
 def test_result_is_one_minimal():
     """No single changed pixel can be reset to its clean value without undoing the attack."""
     g = torch.Generator().manual_seed(2)
+    torch.manual_seed(0)  # the weights: some draws predict one class everywhere, and nothing can be fooled
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     model.eval()
     x = torch.rand(24, 1, 4, 4, generator=g)

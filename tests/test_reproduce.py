@@ -45,7 +45,11 @@ def test_theory_table_renders_from_strict_json():
     stored = json.loads(json.dumps(console.to_jsonable(rows), allow_nan=False))
     assert stored[0]["error"] is None
     md = report.theory_md(stored)
-    assert "2/2 checks pass" in md and "| non-finite | 4 (z>) |" in md and "| 0.0123 | 0.03 (rel) |" in md
+    assert "2/2 checks pass." in md and "| non-finite | 4 (z>) |" in md and "| 0.0123 | 0.03 (rel) |" in md
+    # a check that cannot apply to its case is neither a pass nor a failure
+    na = {"check": "Thm 4 (Monte Carlo)", "case": "rank 3", "error": None, "tolerance": 4.0, "kind": "z", "passed": None}
+    md = report.theory_md(stored + [na])
+    assert "2/3 checks pass (1 not applicable)." in md and "| Thm 4 (Monte Carlo) | rank 3 | n/a | 4 (z) | n/a |" in md
 
 
 def test_reproduce_resumes_after_a_kill(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..accel import PRECISIONS
+from ..data import DATASETS
 
 
 class Device(str, Enum):
@@ -17,10 +18,7 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class DataName(str, Enum):
-    synthetic = "synthetic"
-    mnist = "mnist"
-    cifar10 = "cifar10"
+DataName = Enum("DataName", {name: name for name in DATASETS}, type=str)
 
 
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout; logs go to stderr.")]
@@ -51,5 +49,54 @@ Precision = Annotated[
 Compile = Annotated[
     Optional[bool],
     typer.Option("--compile/--no-compile",
-                 help="torch.compile the classifier (default: on with CUDA, off on CPU, where it was slower)."),
+                 help="torch.compile the classifier (default: on for training on CUDA; off for evaluation, where "
+                      "compiling takes longer than it saves, and on CPU, where compiled code was slower)."),
 ]
+
+
+# ------------------------------------------------------------------ options every command shares
+
+# name -> (annotated type, default), in the order `--help` lists them after a command's own
+RUN_OPTIONS = {"json_out": (Json, False), "seed": (Seed, 0), "device": (DeviceOpt, Device.auto), "quiet": (Quiet, False)}
+DATA_OPTIONS = {"data_root": (DataRoot, None), "limit": (Limit, None), "download": (Download, False)}
+MODEL_OPTIONS = {"precision": (Precision, PrecisionName.fp32), "compile": (Compile, None)}
+
+
+class Run:
+    """The shared options of one invocation (see `shared`), as attributes."""
+
+    def __init__(self, **options):
+        self.precision = PrecisionName.fp32
+        self.compile = self.data_root = self.limit = None
+        self.download = False
+        self.__dict__.update(options)
+
+    def start(self):
+        """Apply --quiet and --seed and resolve --device; returns the torch device."""
+        from ..console import set_quiet
+        from ..runtime import resolve_device, seed_everything
+
+        set_quiet(self.quiet)
+        seed_everything(self.seed)
+        return resolve_device(getattr(self.device, "value", self.device))
+
+
+def shared(*groups: dict):
+    """A command `fn(run: Run, **own_options)` with the options of `groups` appended to its
+    own: Typer sees one signature, the function gets them gathered in `run`."""
+    import inspect
+
+    extra = {k: v for g in (RUN_OPTIONS, *groups) for k, v in g.items()}
+
+    def wrap(fn):
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+        params = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+                  for k, (a, d) in extra.items()]
+
+        def command(**kw):
+            return fn(Run(**{k: kw.pop(k) for k in extra}), **kw)
+
+        command.__name__, command.__doc__, command.__module__ = fn.__name__, fn.__doc__, fn.__module__
+        command.__signature__ = inspect.Signature(own + params)
+        return command
+    return wrap

@@ -10,21 +10,21 @@ import typer
 from rich.table import Table
 
 from .. import accel, checkpoint, console
-from ..attacks import ATTACKS, LATENT, describe, eps_option, make_spec, with_overrides
+from ..attacks import ATTACKS, KINDS, describe, eps_option, kind, spec_for
 from ..config import defaults
 from ..errors import UsageError
 from ..evaluate import attack_accuracy
 from ._app import app
-from ._options import (Compile, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision, PrecisionName,
-                       Quiet, Seed)
-from .common import dataset as load_data, load_cvae, start
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Run, shared
+from .common import dataset as load_data, load_cvae
 
 
 def parse_attacks(text: str) -> list[str]:
     names = [a.strip() for a in text.split(",") if a.strip()]
-    bad = [a for a in names if a not in ATTACKS]
-    if bad or not names:
-        raise UsageError(f"unknown attack {bad[0] if bad else text!r}; choose from {', '.join(ATTACKS)}")
+    if not names:
+        raise UsageError(f"no attack in {text!r}; choose from {', '.join(ATTACKS)}")
+    for name in names:
+        kind(name)
     return list(dict.fromkeys(names))
 
 
@@ -43,12 +43,8 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
         model, meta = checkpoint.load_model(path, kind="classifier", device=dev, dataset=ds.name)
         model = accel.prepare(model, precision=precision, compile=compiled, device=dev)
         for name in attack_names:
-            one_step = name in ("clean", "fgsm", "vae")  # their steps and step size are fixed
-            spec = make_spec(name, ds.name, restarts=restarts,
-                             eps=eps_option(name, linf=eps, l2=l2_eps, l1=l1_eps, latent=latent_eps),
-                             steps=None if one_step else steps)
-            if step_size is not None and not one_step:
-                spec = with_overrides(spec, step_size=step_size)
+            spec = spec_for(name, ds.name, restarts=restarts, steps=steps, step_size=step_size,
+                            eps=eps_option(name, linf=eps, l2=l2_eps, l1=l1_eps, latent=latent_eps))
             with console.doing(f"while attacking {path} with {name}", "attack writes nothing"):
                 res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
                                       label=f"{column_label(meta, Path(path))} / {name}")
@@ -85,7 +81,9 @@ def render(rows, paths) -> Table:
 
 
 @app.command()
+@shared(DATA_OPTIONS, MODEL_OPTIONS)
 def attack(
+    run: Run,
     checkpoints: Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)],
     attacks: Annotated[str, typer.Option("--attacks", help=f"Comma-separated, from: {', '.join(ATTACKS)}.")] = "clean,fgsm,pgd,l2,l1",
     eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget of fgsm/pgd (default: the data set's test eps).")] = None,
@@ -93,22 +91,13 @@ def attack(
     l2_eps: Annotated[Optional[float], typer.Option("--l2-eps", min=0.0)] = None,
     latent_eps: Annotated[Optional[float], typer.Option("--latent-eps", min=0.0)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps of the iterative attacks.")] = None,
-    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0)] = None,
-    restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts; the worst case per example is kept (default 1; pointwise: 5).")] = None,
+    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0, help="Step of the iterative attacks (default 2.5 eps / steps).")] = None,
+    restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts of the iterative attacks and pointwise; the worst case per example is kept (default 1; pointwise: 5). One-step attacks (fgsm, vae) take none.")] = None,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for the vae attacks.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
-    precision: Precision = PrecisionName.fp32,
-    compile: Compile = None,
-    data_root: DataRoot = None,
-    limit: Limit = None,
-    download: Download = False,
-    json_out: Json = False,
-    seed: Seed = 0,
-    device: DeviceOpt = Device.auto,
-    quiet: Quiet = False,
 ) -> None:
     """Accuracy of each checkpoint under each attack on the test set of its data set."""
-    dev = start(seed=seed, device=device, quiet=quiet)
+    dev = run.start()
     names = parse_attacks(attacks)
     metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
     data_names = {m["dataset"] for m in metas}
@@ -116,15 +105,15 @@ def attack(
         raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(data_names))}")
     data_name = data_names.pop()
     cvae_model = None
-    if any(n in LATENT for n in names):
+    if any(KINDS[n].space == "latent" for n in names):
         if cvae is None:
             raise UsageError("the vae attacks need --cvae CVAE.safetensors (train one with --mode cvae)")
         cvae_model, _ = load_cvae(cvae, dev, data_name)
-    ds = load_data(data_name, data_root, limit, download)
+    ds = load_data(data_name, run.data_root, run.limit, run.download)
     rows = run_matrix(checkpoints, names, ds, dev, cvae_model=cvae_model, cvae_path=cvae, eps=eps, l1_eps=l1_eps,
                       l2_eps=l2_eps, latent_eps=latent_eps, steps=steps, step_size=step_size, restarts=restarts,
-                      batch_size=batch_size, seed=seed, precision=precision.value, compile=compile)
-    if json_out:
-        console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": seed, "results": rows})
+                      batch_size=batch_size, seed=run.seed, precision=run.precision.value, compile=run.compile)
+    if run.json_out:
+        console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": run.seed, "results": rows})
         return
     console.out.print(render(rows, checkpoints))

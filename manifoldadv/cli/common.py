@@ -1,4 +1,4 @@
-"""Glue shared by the commands: start-up (quiet, seed, device) and loading data and CVAEs."""
+"""Glue shared by the commands: loading data and CVAEs."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ import torch
 
 from .. import checkpoint, console
 from ..data import load_dataset
-from ..runtime import resolve_device, seed_everything
-
-
-def start(*, seed: int, device, quiet: bool = False, json_out: bool = False) -> torch.device:
-    console.set_quiet(quiet)
-    seed_everything(seed)
-    return resolve_device(getattr(device, "value", device))
 
 
 def dataset(name, data_root, limit, download, seed=0):

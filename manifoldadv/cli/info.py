@@ -8,8 +8,7 @@ from rich.table import Table
 from .. import console, ops
 from ..runtime import versions
 from ._app import app
-from ._options import Device, DeviceOpt, Json, Seed
-from .common import start
+from ._options import Run, shared
 
 
 def collect() -> dict:
@@ -24,8 +23,7 @@ def collect() -> dict:
             "loaded": ops.extension_loaded(),
             "error": ops.EXTENSION_ERROR,
             "required": ops.require_extension(),
-            "built_with_cuda": ops.extension_loaded() and torch.version.cuda is not None
-            and ops._has_kernel("pgd_step", "cuda"),
+            "built_with_cuda": ops.backends(("cuda",))["pgd_step"]["cuda"] == "compiled",
         },
         "backends": ops.backends(),
         "cpu_covariance_blas": ops.cpu_blas(),
@@ -35,12 +33,13 @@ def collect() -> dict:
 
 
 @app.command()
-def info(json_out: Json = False, seed: Seed = 0, device: DeviceOpt = Device.auto) -> None:
+@shared()
+def info(run: Run) -> None:
     """Versions, the compiled extension, each op's backend per device, and the devices."""
-    dev = start(seed=seed, device=device)
+    dev = run.start()
     data = collect()
     data["selected_device"] = str(dev)
-    if json_out:
+    if run.json_out:
         console.emit_json(data)
         return
     v = data["versions"]

@@ -10,41 +10,33 @@ import typer
 from .. import console, reproduce as study_run
 from ..study import Study
 from ._app import app
-from ._options import (Compile, Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision,
-                       PrecisionName, Quiet, Seed)
-from .common import dataset as load_data, start
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, Run, shared
+from .common import dataset as load_data
 from .train import Strategy
 
 
 @app.command()
+@shared(DATA_OPTIONS, MODEL_OPTIONS)
 def reproduce(
+    run: Run,
     data: Data = DataName.synthetic,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", file_okay=False, help="Output folder (default runs/<data>).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets: a smoke run; the report says so.")] = False,
     strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy.")] = Strategy.avg,
     theory: Annotated[bool, typer.Option("--theory/--no-theory", help="Run `theory verify` into the report.")] = True,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
-    precision: Precision = PrecisionName.fp32,
-    compile: Compile = None,
-    data_root: DataRoot = None,
-    limit: Limit = None,
-    download: Download = False,
-    json_out: Json = False,
-    seed: Seed = 0,
-    device: DeviceOpt = Device.auto,
-    quiet: Quiet = False,
 ) -> None:
     """Train every model of the study, run the attack matrix, spectra, trade-offs and theory checks,
     and write report.md, results.json and figures into the run directory (re-runs resume)."""
-    dev = start(seed=seed, device=device, quiet=quiet)
+    dev = run.start()
     run_dir = run_dir or Path("runs") / data.value
-    study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value,
-                  train_steps=train_steps, precision=precision.value, compile=compile)
-    ds = study.subset(load_data(data.value, data_root, limit, download))
+    study = Study(data.value, run_dir, dev, seed=run.seed, quick=quick, strategy=strategy.value,
+                  train_steps=train_steps, precision=run.precision.value, compile=run.compile)
+    ds = study.subset(load_data(data.value, run.data_root, run.limit, run.download))
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
                            "rerun the same command to continue"):
         results = study_run.run(study, ds, theory=theory)
-    if json_out:
+    if run.json_out:
         console.emit_json({"run_dir": str(run_dir), "report": str(run_dir / "report.md"), **results})
         return
     console.out.print(f"report: {run_dir / 'report.md'}")

@@ -16,9 +16,8 @@ from ..outputs import atomic_write_text
 from ..errors import UsageError
 from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
-from ._options import (Compile, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision,
-                       PrecisionName, Quiet, Seed)
-from .common import dataset as load_data, start
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, DataName, Run, shared
+from .common import dataset as load_data
 
 
 class SpectrumAttack(str, Enum):
@@ -73,7 +72,9 @@ def write_csv(path: Path, sets) -> None:
 
 
 @app.command()
+@shared(DATA_OPTIONS, MODEL_OPTIONS)
 def spectrum(
+    run: Run,
     checkpoints: Annotated[Optional[list[Path]], typer.Argument(help="Classifier checkpoints; each adds a robust test set.", dir_okay=False)] = None,
     data: Annotated[Optional[DataName], typer.Option("--data", help="Data set (default: the checkpoints', else synthetic).", case_sensitive=False)] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated classes (default: all).")] = None,
@@ -85,18 +86,9 @@ def spectrum(
     recon: Annotated[bool, typer.Option("--recon", help="Also measure the CVAE's reconstructions G(I(x)) and compare each latent-attack set with them (the perturbation's effect without the encode-decode loss).")] = False,
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many leading eigenvalues form the 'top' (default 30; synthetic: its manifold rank).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
-    precision: Precision = PrecisionName.fp32,
-    compile: Compile = None,
-    data_root: DataRoot = None,
-    limit: Limit = None,
-    download: Download = False,
-    json_out: Json = False,
-    seed: Seed = 0,
-    device: DeviceOpt = Device.auto,
-    quiet: Quiet = False,
 ) -> None:
     """Eigenvalues of each class's covariance: clean test set and robust test sets."""
-    dev = start(seed=seed, device=device, quiet=quiet)
+    dev = run.start()
     for path, what in ((plot_path, "plot"), (csv, "CSV")):
         if path is not None:
             outputs.check_file(path, what)
@@ -108,12 +100,12 @@ def spectrum(
     data_name = names.pop() if names else (data.value if data else "synthetic")
     if data is not None and data.value != data_name:
         raise UsageError(f"--data {data.value} does not match the checkpoints' data set {data_name}")
-    ds = load_data(data_name, data_root, limit, download)
+    ds = load_data(data_name, run.data_root, run.limit, run.download)
     cls = parse_classes(classes, ds.num_classes)
     top = top or ds.info.get("manifold_rank", TOP)
-    compiled = accel.resolve_compile(compile, dev, "eval")
-    sets = compute(checkpoints, ds, cls, dev, attack=attack.value, cvae=cvae, batch_size=batch_size, seed=seed,
-                   reconstructions=recon, top=top, precision=precision.value, compile=compiled)
+    compiled = accel.resolve_compile(run.compile, dev, "eval")
+    sets = compute(checkpoints, ds, cls, dev, attack=attack.value, cvae=cvae, batch_size=batch_size, seed=run.seed,
+                   reconstructions=recon, top=top, precision=run.precision.value, compile=compiled)
     summary = summarize_all(sets, floor_rel=floor, top=top)
     if plot_path is not None:
         plot(plot_path, sets, cls, top=top, title=f"{data_name}: per-class covariance eigenvalues")
@@ -121,8 +113,8 @@ def spectrum(
     if csv is not None:
         write_csv(csv, sets)
         console.log(f"wrote {csv}")
-    if json_out:
-        console.emit_json({"dataset": data_name, **accel.record(precision.value, compiled),
+    if run.json_out:
+        console.emit_json({"dataset": data_name, **accel.record(run.precision.value, compiled),
                            **to_json(sets, summary, cls, floor, top)})
         return
     if summary:

@@ -11,26 +11,23 @@ from rich.table import Table
 from .. import console, report
 from ..study import Study
 from ._app import app
-from ._options import (Compile, Data, DataName, DataRoot, Device, DeviceOpt, Download, Json, Limit, Precision,
-                       PrecisionName, Quiet, Seed)
-from .common import dataset as load_data, start
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, Run, shared
+from .common import dataset as load_data
 from .train import Strategy
 
 
 def render(trade: dict, data: str) -> list[Table]:
     ref = report.paper_drops(data) or {}
     tables = []
-    for half, title, names in (("lp", "l1 vs l-inf", {"l1": "l1-adv", "pgd": "l-inf-adv", "joint-lp": "joint"}),
-                               ("gen", "regular vs generative", {"pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint"})):
+    for half, title in report.TABLE2_HALVES:
         t = Table(title=f"Table 2 ({title}): test accuracy")
         mat = trade[half]
         cols = list(next(iter(mat.values())).keys())
         t.add_column("attack")
         for c in cols:
-            t.add_column(names[c], justify="right")
-        attack_names = {"l1": "l1-attack", "pgd": "l-inf-attack" if half == "lp" else "PGD-attack", "vae": "VAE-attack"}
+            t.add_column(report.table2_model(c, half), justify="right")
         for a, row in mat.items():
-            t.add_row(attack_names[a] + (" (worst of SLIDE, pointwise)" if half == "lp" and a == "l1" else ""),
+            t.add_row(report.table2_attack(a, half) + (" (worst of SLIDE, pointwise)" if half == "lp" and a == "l1" else ""),
                       *[report.pct(row[c]) for c in cols])
         if half == "lp" and "l1_slide_only" in trade:
             t.add_row("l1-attack (SLIDE only)", *[report.pct(trade["l1_slide_only"][c]) for c in cols])
@@ -49,31 +46,24 @@ def render(trade: dict, data: str) -> list[Table]:
 
 
 @app.command()
+@shared(DATA_OPTIONS, MODEL_OPTIONS)
 def tradeoff(
+    run: Run,
     data: Data = DataName.synthetic,
     run_dir: Annotated[Path, typer.Option("--run-dir", file_okay=False, help="Where the checkpoints are (missing ones are trained there).")] = Path("runs"),
     strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy of the joint models.")] = Strategy.avg,
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets (smoke run).")] = False,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
-    precision: Precision = PrecisionName.fp32,
-    compile: Compile = None,
-    data_root: DataRoot = None,
-    limit: Limit = None,
-    download: Download = False,
-    json_out: Json = False,
-    seed: Seed = 0,
-    device: DeviceOpt = Device.auto,
-    quiet: Quiet = False,
 ) -> None:
     """l1-adv / l-inf-adv / joint-lp and PGD-adv / VAE-adv / joint under their attacks, and the trade-off."""
-    dev = start(seed=seed, device=device, quiet=quiet)
-    study = Study(data.value, run_dir, dev, seed=seed, quick=quick, strategy=strategy.value,
-                  train_steps=train_steps, precision=precision.value, compile=compile)
-    ds = study.subset(load_data(data.value, data_root, limit, download))
+    dev = run.start()
+    study = Study(data.value, run_dir, dev, seed=run.seed, quick=quick, strategy=strategy.value,
+                  train_steps=train_steps, precision=run.precision.value, compile=run.compile)
+    ds = study.subset(load_data(data.value, run.data_root, run.limit, run.download))
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
                            "rerun the same command to continue"):
         trade = study.tradeoff(ds)
-    if json_out:
+    if run.json_out:
         console.emit_json({"data": data.value, "run_dir": str(run_dir), "n_test": len(ds.test), **trade,
                            "paper": {"drops": report.paper_drops(data.value)}})
         return

@@ -8,11 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import console, outputs, training
+from .. import checkpoint, console, outputs, training
 from ._app import app
-from ._options import (Compile, Data, DataName, DataRoot, DeviceOpt, Device, Download, Json, Limit, Precision,
-                       PrecisionName, Quiet, Seed)
-from .common import dataset as load_data, load_cvae, start
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, Run, shared
+from .common import dataset as load_data, load_cvae
 
 Mode = Enum("Mode", {m: m for m in training.MODES}, type=str)
 
@@ -28,20 +27,22 @@ def auto_cvae_path(out: Path, data_name: str) -> Path:
 
 def obtain_cvae(cvae: Path | None, out: Path, ds, device, seed: int, data_name: str, limit: int | None):
     """The CVAE a vae/joint mode needs: --cvae, else <run dir>/<data>-cvae.safetensors, trained
-    there first (on the same data, `limit` included, and said so) when it does not exist yet."""
+    there first on the same data (`limit` included) unless it is there already."""
     path = cvae or auto_cvae_path(out, data_name)
-    if cvae is None and not path.exists():
-        console.log(f"no --cvae given and {path} does not exist: training a CVAE first")
+    if cvae is None:
+        if not path.exists():
+            console.log(f"no --cvae given and {path} does not exist: training a CVAE first")
         cfg = training.resolve_config(data_name, "cvae", seed=seed, limit=limit)
-        training.train(cfg, ds, device=device, out=path)
-    elif cvae is None:
-        console.log(f"using CVAE {path}")
+        if not training.ensure_trained(cfg, ds, device=device, out=path):
+            console.log(f"using CVAE {path}")
     model, _ = load_cvae(path, device, data_name)
     return model, path
 
 
 @app.command()
+@shared(DATA_OPTIONS, MODEL_OPTIONS)
 def train(
+    run: Run,
     data: Data = DataName.synthetic,
     mode: Annotated[Mode, typer.Option("--mode", help="Training mode.")] = Mode["std"],
     model: Annotated[Optional[str], typer.Option("--model", help="Model name (default: the data set's; see README).")] = None,
@@ -65,41 +66,32 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Checkpoint path (default runs/<data>-<mode>.safetensors).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint at --out.")] = False,
-    precision: Precision = PrecisionName.fp32,
-    compile: Compile = None,
-    data_root: DataRoot = None,
-    limit: Limit = None,
-    download: Download = False,
-    json_out: Json = False,
-    seed: Seed = 0,
-    device: DeviceOpt = Device.auto,
-    quiet: Quiet = False,
 ) -> None:
     """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
-    dev = start(seed=seed, device=device, quiet=quiet)
+    dev = run.start()
     data_name, mode_name = data.value, getattr(mode, "value", mode)
     out = out or training.default_out(data_name, mode_name)
     cfg = training.resolve_config(
         data_name, mode_name, model=model, epochs=epochs, adv_start=adv_start, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, eps=eps, l1_eps=l1_eps, l2_eps=l2_eps, latent_eps=latent_eps, steps=steps,
+        weight_decay=weight_decay, budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps}, steps=steps,
         step_size=step_size, strategy=strategy.value, clean_weight=clean_weight, eps_warmup=eps_warmup,
         augment=augment, latent=latent,
-        seed=seed, limit=limit,
-        cvae=str(cvae) if cvae else None, precision=precision.value,
+        seed=run.seed, limit=run.limit,
+        cvae=str(cvae) if cvae else None, precision=run.precision.value,
     )
     training.check_out(out, resume=resume, force=force)  # before any work
     if training.needs_cvae(mode_name) and cvae is None:
         outputs.check_file(auto_cvae_path(out, data_name), "CVAE checkpoint")
-    ds = load_data(data_name, data_root, limit, download)
+    ds = load_data(data_name, run.data_root, run.limit, run.download)
     cvae_model = None
     if training.needs_cvae(mode_name):
-        cvae_model, cvae_path = obtain_cvae(cvae, out, ds, dev, seed, data_name, limit)
-        cfg.cvae = str(cvae_path)
+        cvae_model, cvae_path = obtain_cvae(cvae, out, ds, dev, run.seed, data_name, run.limit)
+        cfg.cvae, cfg.cvae_sha256 = str(cvae_path), checkpoint.digest(cvae_path)
     console.log(f"training {cfg.model} on {data_name} ({len(ds.train)} examples), mode {mode_name}, "
                 f"{cfg.epochs} epochs -> {out}")
-    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, compile=compile)
+    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, compile=run.compile)
     summary = {"checkpoint": str(out), **{k: v for k, v in meta.items() if k not in ("optimizer",)}}
-    if json_out:
+    if run.json_out:
         console.emit_json(summary)
         return
     last = meta["history"][-1] if meta.get("history") else {}

@@ -23,15 +23,15 @@ class ModelSpec:
     kind: str  # "classifier" or "cvae"
     builder: Callable[..., nn.Module]
     description: str
-    default_for: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, kind: str = "classifier", description: str = "", default_for: tuple[str, ...] = ()):
+def register(name: str, *, kind: str = "classifier", description: str = ""):
+    """Add a model builder under `name` (the data sets' default models are in config.py)."""
     def deco(builder):
-        _REGISTRY[name] = ModelSpec(name, kind, builder, description, default_for)
+        _REGISTRY[name] = ModelSpec(name, kind, builder, description)
         return builder
 
     return deco
@@ -45,13 +45,6 @@ def spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         raise UsageError(f"unknown model {name!r}; choose one of {', '.join(available())}")
     return _REGISTRY[name]
-
-
-def default_model(dataset: str, kind: str = "classifier") -> str:
-    for s in _REGISTRY.values():
-        if s.kind == kind and dataset in s.default_for:
-            return s.name
-    raise UsageError(f"no default {kind} model for data set {dataset!r}")
 
 
 class Normalize(nn.Module):

@@ -115,14 +115,13 @@ class ConvCVAE(CVAE):
         return self.dec(F.leaky_relu(h, 0.2))
 
 
-@register("cvae-mlp", kind="cvae", description="conditional VAE, 2-layer MLP encoder/decoder (hidden 256)",
-          default_for=("mnist", "synthetic"))
+@register("cvae-mlp", kind="cvae", description="conditional VAE, 2-layer MLP encoder/decoder (hidden 256)")
 def cvae_mlp(*, in_shape, num_classes, latent: int = 10, hidden: int = 256, likelihood: str = "bernoulli",
              sigma: float = 0.05):
     return MLPCVAE(in_shape, num_classes, latent, hidden, likelihood=likelihood, sigma=sigma)
 
 
-@register("cvae-cnn", kind="cvae", description="conditional VAE, 4-layer conv encoder/decoder", default_for=("cifar10",))
+@register("cvae-cnn", kind="cvae", description="conditional VAE, 4-layer conv encoder/decoder")
 def cvae_cnn(*, in_shape, num_classes, latent: int = 128, width: int = 32, likelihood: str = "bernoulli",
              sigma: float = 0.05):
     return ConvCVAE(in_shape, num_classes, latent, width, likelihood=likelihood, sigma=sigma)

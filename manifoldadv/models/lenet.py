@@ -5,7 +5,7 @@ from torch import nn
 from . import register
 
 
-@register("lenet5", description="LeNet-5: conv6-pool-conv16-pool-fc120-fc84 (61.7k params)", default_for=("mnist", "synthetic"))
+@register("lenet5", description="LeNet-5: conv6-pool-conv16-pool-fc120-fc84 (61.7k params)")
 def lenet5(*, in_shape, num_classes):
     c, h, w = in_shape
     pad = 2 if h == 28 else 0  # 28x28 inputs are padded to the original 32x32 geometry

@@ -50,7 +50,7 @@ class CifarResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@register("resnet32", description="ResNet-32 (CIFAR variant, 3x5 basic blocks, 16/32/64 ch, 0.46M params)", default_for=("cifar10",))
+@register("resnet32", description="ResNet-32 (CIFAR variant, 3x5 basic blocks, 16/32/64 ch, 0.46M params)")
 def resnet32(*, in_shape, num_classes):
     return CifarResNet(in_shape[0], num_classes, 5), True
 

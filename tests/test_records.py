@@ -1,0 +1,59 @@
+"""What made a result is recorded with it: the code's commit, the data a model really saw, and the
+CVAE a latent attack used (a replaced CVAE cannot resume a model or reuse its evaluations)."""
+
+import re
+import shutil
+
+from manifoldadv import checkpoint
+from manifoldadv.runtime import versions
+
+from helpers import assert_usage_error, cli, cli_json
+
+SYN = ["--data", "synthetic", "--limit", "64", "--device", "cpu"]
+
+
+def test_versions_name_the_commit_and_whether_the_tree_was_clean():
+    v = versions()
+    assert re.fullmatch(r"[0-9a-f]{12}", v["commit"]) and isinstance(v["dirty"], bool)
+
+
+def test_checkpoint_records_the_data_it_saw(tmp_path):
+    meta = cli_json("train", *SYN, "--epochs", "1", "--out", tmp_path / "m.safetensors")
+    assert meta["n_train"] == 64 and meta["n_test"] == 64 and meta["versions"]["commit"] == versions()["commit"]
+
+
+def test_a_replaced_cvae_cannot_resume_a_model(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    cli_json("train", *SYN, "--mode", "cvae", "--epochs", "1", "--out", a)
+    cli_json("train", *SYN, "--mode", "cvae", "--epochs", "1", "--seed", "1", "--out", b)
+    out = tmp_path / "vae.safetensors"
+    args = ["train", *SYN, "--mode", "vae", "--epochs", "2", "--adv-start", "1", "--out", out]
+    meta = cli_json(*args, "--cvae", a)
+    assert meta["hparams"]["cvae_sha256"] == checkpoint.digest(a)
+    shutil.copy(b, a)  # the same path, another CVAE
+    assert_usage_error(cli(*args, "--cvae", a, "--resume"), "different settings", "cvae_sha256")
+
+
+def test_evaluations_of_a_latent_attack_follow_the_cvae(tmp_path):
+    """reproduce caches evaluations by checkpoint and settings; a latent attack's also by its CVAE."""
+    from manifoldadv.study import Study
+    from manifoldadv.data import load_dataset
+
+    run = tmp_path / "run"
+    ds = load_dataset("synthetic", limit=60)
+    study = Study("synthetic", run, "cpu", quick=True)
+    first = study.accuracy("std", "vae", ds)
+    again = study.accuracy("std", "vae", ds)
+    assert again == first and "seconds" in again  # cached: the same row
+    cvae = study.path("cvae")
+    meta = checkpoint.load(cvae)
+    model, _ = checkpoint.load_model(cvae, kind="cvae")
+    for p in model.parameters():
+        p.data.mul_(0.5)
+    checkpoint.save(cvae, model, meta.meta)
+    import json
+
+    evals = run / "results" / "evals.json"
+    assert len(json.loads(evals.read_text())) == 1
+    study.accuracy("std", "vae", ds)
+    assert len(json.loads(evals.read_text())) == 2  # the replaced CVAE made a second row: none was reused
