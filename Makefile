@@ -18,7 +18,7 @@ setup: $(VENV)/.built
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)" ninja "setuptools>=64" wheel
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,eval]'
 	@touch $@
 
 # Rebuild only the extension (incrementally, with ninja) when its sources change.

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import external, ops
 from .pointwise import VERSION as POINTWISE_VERSION, pointwise
 from .config import defaults
 from .errors import UsageError
@@ -32,8 +32,11 @@ class AttackKind:
     one_step: a single step of size eps from x0, no random start (FGSM, the latent FGSM): steps,
       step size and restarts do not apply. gradient_free: needs no gradient (restarts, no steps).
     parts: a "worst of" composite: each part runs on what the parts before it left robust, and an
-      example counts as robust only if every part failed (AutoAttack's robust-flags loop).
+      example counts as robust only if every part failed (AutoAttack's robust-flags loop). A
+      built-in composite derives its parts from its own budget; `worst:A,B,...` gives each part
+      its own spec.
     first_reported_as: a composite also reports its first part's accuracy under this name.
+    external: run by its authors' package with their fixed settings (external.py): eps and norm only.
     """
 
     name: str
@@ -45,11 +48,13 @@ class AttackKind:
     parts: tuple[str, ...] = ()
     first_reported_as: str | None = None
     identity: bool = False
+    external: bool = False
 
     @property
     def iterative(self) -> bool:
         """Takes --steps, --step-size and --restarts."""
-        return not (self.one_step or self.gradient_free or self.identity)
+        return not (self.one_step or self.gradient_free or self.identity or self.external or self.parts
+                    and self.name.startswith(WORST))
 
 
 POINTWISE_RESTARTS = 5  # NOTES.md: 1 / 3 / 5 restarts on MNIST l-inf-adv
@@ -65,7 +70,14 @@ KINDS: dict[str, AttackKind] = {k.name: k for k in (
     AttackKind("vae", "linf", space="latent", one_step=True),
     AttackKind("vae-pgd", "linf", space="latent"),
     AttackKind("vae-l2", "l2", space="latent"),
+    AttackKind("autoattack", "linf", external=True),
+    AttackKind("autoattack-l2", "l2", external=True),
+    AttackKind("autoattack-l1", "l1", external=True),
+    AttackKind("apgd-ce", "linf", external=True),
+    AttackKind("apgd-t", "linf", external=True),
+    AttackKind("square", "linf", external=True),
 )}
+WORST = "worst:"  # worst:A,B,... is the per-example worst case of attacks A, B, ...
 REGULAR = tuple(n for n, k in KINDS.items() if k.space == "input" and not k.identity)
 LATENT = tuple(n for n, k in KINDS.items() if k.space == "latent")
 ATTACKS = tuple(KINDS)
@@ -73,9 +85,26 @@ NORM_OF = {n: k.norm for n, k in KINDS.items() if not k.identity}
 
 
 def kind(name: str) -> AttackKind:
+    if name not in KINDS and name.startswith(WORST):
+        KINDS[name] = _worst_kind(name)
     if name not in KINDS:
-        raise UsageError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+        raise UsageError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}, or {WORST}A,B,...")
     return KINDS[name]
+
+
+def worst_name(names) -> str:
+    return WORST + ",".join(names)
+
+
+def _worst_kind(name: str) -> AttackKind:
+    parts = tuple(dict.fromkeys(p.strip() for p in name[len(WORST):].split(",") if p.strip()))
+    bad = [p for p in parts if p not in KINDS or KINDS[p].identity or KINDS[p].parts]
+    if not parts or bad:
+        raise UsageError(f"{name!r}: the worst case is taken over attacks from {', '.join(ATTACKS[1:])} "
+                         f"(not clean or another composite){'; not ' + ', '.join(bad) if bad else ''}")
+    norms = {KINDS[p].norm for p in parts}
+    latent = any(KINDS[p].space == "latent" for p in parts)
+    return AttackKind(name, norms.pop() if len(norms) == 1 else "mixed", "latent" if latent else "input", parts=parts)
 
 
 def eps_option(name: str, *, linf=None, l2=None, l1=None, latent=None):
@@ -86,7 +115,7 @@ def eps_option(name: str, *, linf=None, l2=None, l1=None, latent=None):
 
 
 def _uses_pointwise(name: str) -> bool:
-    k = KINDS[name]
+    k = kind(name)
     return k.gradient_free or any(KINDS[p].gradient_free for p in k.parts)
 
 
@@ -100,30 +129,50 @@ class AttackSpec:
     random_start: bool = False
     restarts: int = 1
     l1_quantile: float = 0.99
+    parts: tuple = ()  # a worst:... composite's own specs
 
     @property
     def space(self) -> str:
-        return KINDS[self.name].space
+        return kind(self.name).space
 
     @property
     def kind(self) -> AttackKind:
-        return KINDS[self.name]
+        return kind(self.name)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["space"] = self.space
+        d.pop("parts")
+        if self.parts:
+            d["parts"] = [p.as_dict() for p in self.parts]
         if _uses_pointwise(self.name):
             d["pointwise_version"] = POINTWISE_VERSION
+        if self.kind.external:
+            d["external"] = external_version()
         return d
+
+
+def external_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"pyautoattack {version('pyautoattack')}"
+    except Exception:  # not installed: the row says so
+        return "pyautoattack (not installed)"
 
 
 def describe(spec: dict, *, step_size: bool = False) -> str:
     """One line naming an attack and its budget, from `AttackSpec.as_dict()` (or an evaluation
     row holding it): "pgd (linf eps 0.2, 40 steps)"; `step_size` adds the step."""
     name = spec["name"]
-    k = KINDS[name]
+    k = kind(name)
     if k.identity:
         return name
+    if spec.get("parts"):
+        return "worst of " + "; ".join(describe(p, step_size=step_size) for p in spec["parts"])
+    if k.external:
+        what = "the standard version" if name.startswith("autoattack") else "AutoAttack's settings"
+        return f"{name} ({spec['norm']} eps {spec['eps']:g}, {what})"
     budget = f"{'latent ' if spec.get('space') == 'latent' else ''}{spec['norm']} eps {spec['eps']:g}"
     if k.gradient_free:  # restarts, no steps
         return f"{name} ({budget}, gradient-free, {spec['restarts']} restarts)"
@@ -155,15 +204,18 @@ def make_spec(
     k = kind(name)
     if k.identity:
         return AttackSpec(name, norm="none")
+    if name.startswith(WORST):
+        return worst_spec(name, [spec_for(p, dataset, train=train) for p in k.parts])
     given = {"steps": steps, "step size": step_size, "restarts": restarts, "random start": random_start}
-    if k.one_step:
+    if k.one_step or k.external:
         given = {o: v for o, v in given.items() if v is not None}
     elif k.gradient_free:
         given = {o: v for o, v in given.items() if v is not None and o != "restarts"}
     else:
         given = {}
     if given:
-        why = "one step of size eps from x" if k.one_step else "no gradient steps"
+        why = ("one step of size eps from x" if k.one_step else
+               "its authors' fixed settings" if k.external else "no gradient steps")
         raise UsageError(f"attack {name} takes {why}: {', '.join(given)} do{'es' if len(given) == 1 else ''} not apply")
     restarts = k.restarts if restarts is None else restarts
     if restarts < 1:
@@ -177,6 +229,8 @@ def make_spec(
         raise UsageError(f"attack {name}: need eps >= 0, got {eps}")
     if k.one_step:
         return AttackSpec(name, k.norm, float(eps), 1, float(eps), False, 1)
+    if k.external:
+        return AttackSpec(name, k.norm, float(eps), 0, 0.0, False, 1)
     if k.gradient_free:
         return AttackSpec(name, k.norm, float(eps), 0, 0.0, False, int(restarts))
     steps = (d.latent_steps if k.space == "latent" else d.steps) if steps is None else steps
@@ -187,15 +241,28 @@ def make_spec(
     return AttackSpec(name, k.norm, float(eps), int(steps), float(step_size), rs, int(restarts))
 
 
-def spec_for(name: str, dataset: str, *, eps=None, steps=None, step_size=None, restarts=None, **kw) -> AttackSpec:
-    """make_spec with a run's options for the iterative attacks (steps, step size, restarts):
-    attacks that do not take them (FGSM, the latent FGSM, pointwise's steps) get their own."""
+def spec_for(name: str, dataset: str, *, budgets: dict | None = None, steps=None, step_size=None, restarts=None,
+             **kw) -> AttackSpec:
+    """make_spec with a run's options: the eps of the attack's norm from `budgets` ({"linf", "l2",
+    "l1", "latent"}: None or missing is the default), and steps, step size and restarts for the
+    iterative attacks (FGSM, the latent FGSM, pointwise's steps, AutoAttack get their own). A
+    worst:... composite applies them to each of its parts."""
     k = kind(name)
+    budgets = budgets or {}
+    if name.startswith(WORST):
+        return worst_spec(name, [spec_for(p, dataset, budgets=budgets, steps=steps, step_size=step_size,
+                                          restarts=restarts, **kw) for p in k.parts])
     if not k.iterative:
         steps = step_size = None
         if not k.gradient_free:
             restarts = None
-    return make_spec(name, dataset, eps=eps, steps=steps, step_size=step_size, restarts=restarts, **kw)
+    return make_spec(name, dataset, eps=eps_option(name, **budgets), steps=steps, step_size=step_size,
+                     restarts=restarts, **kw)
+
+
+def worst_spec(name: str, parts: list[AttackSpec]) -> AttackSpec:
+    k = kind(name)
+    return AttackSpec(name, k.norm, max(p.eps for p in parts), 0, 0.0, False, 1, parts=tuple(parts))
 
 
 @contextmanager
@@ -236,9 +303,11 @@ def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generat
 
 
 def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi: float = 1.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, fooled=None) -> torch.Tensor:
     """The one projected-gradient loop: maximise per-sample `loss_fn` around x0 within spec's
-    ball ∩ [lo, hi]. With several restarts, each sample keeps the restart of highest final loss."""
+    ball ∩ [lo, hi]. With several restarts each sample keeps a restart that fools the model
+    (`fooled(x)`, per sample) when one does, else the one of highest final loss: the highest loss
+    is not always the misclassified point, and an evaluation counts misclassifications."""
     x0 = x0.detach()
     best, best_loss = None, None
     for _ in range(spec.restarts):
@@ -254,11 +323,12 @@ def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi
             return x
         with torch.no_grad():
             final = loss_fn(x)
+            wins = fooled(x) if fooled is not None else torch.zeros_like(final, dtype=torch.bool)
         if best is None:
-            best, best_loss = x, final
+            best, best_loss, best_wins = x, final, wins
         else:
-            better = final > best_loss
-            best[better], best_loss[better] = x[better], final[better]
+            better = (wins & ~best_wins) | ((wins == best_wins) & (final > best_loss))
+            best[better], best_loss[better], best_wins[better] = x[better], final[better], wins[better]
     return best
 
 
@@ -279,10 +349,13 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
     with frozen(model, cvae):
         if k.parts:
             return _worst_of(model, x, y, spec, cvae=cvae, generator=generator, record=record)
+        if k.external:
+            return external.run(model, x, y, spec.name, spec.norm, spec.eps, generator=generator)
         if k.gradient_free:
             return pointwise(model, x, y, eps=spec.eps, generator=generator, restarts=spec.restarts)[0]
         if k.space == "input":
-            return maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator)
+            return maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator,
+                            fooled=lambda inp: model(inp).argmax(1) != y)
         z0, z = latent_search(model, cvae, x, y, spec, generator=generator)
         with torch.no_grad():
             if record is not None:
@@ -300,9 +373,11 @@ def _part(spec: AttackSpec, name: str) -> AttackSpec:
 
 
 def _worst_of(model, x, y, spec: AttackSpec, *, cvae, generator, record):
-    first, *rest = spec.kind.parts
-    x_adv = perturb(model, x, y, _part(spec, first), cvae=cvae, generator=generator)
-    for i, name in enumerate(rest):
+    if spec.parts:
+        return _worst_of_all(model, x, y, spec.parts, cvae=cvae, generator=generator, record=record)
+    parts = [_part(spec, name) for name in spec.kind.parts]
+    x_adv = perturb(model, x, y, parts[0], cvae=cvae, generator=generator)
+    for i, part in enumerate(parts[1:]):
         with torch.no_grad():
             left = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)
         if i == 0 and record is not None:
@@ -312,13 +387,40 @@ def _worst_of(model, x, y, spec: AttackSpec, *, cvae, generator, record):
         # the generator goes back to where the first part left it, so that the next batch's first
         # part is exactly that attack run alone and the composite fools a superset of it
         state = generator.get_state() if generator is not None else None
-        x_part = perturb(model, x[left], y[left], _part(spec, name), cvae=cvae, generator=generator)
+        x_part = perturb(model, x[left], y[left], part, cvae=cvae, generator=generator)
         if state is not None:
             generator.set_state(state)
         with torch.no_grad():
             fooled = model(x_part).argmax(1) != y[left]
         x_adv[left[fooled]] = x_part[fooled]
     return x_adv
+
+
+def _worst_of_all(model, x, y, parts, *, cvae, generator, record):
+    """worst:A,B,...: every part runs on the whole batch with a generator of its own that starts
+    where the evaluation's starts (kept across batches in `record`), so each part does exactly
+    what it does alone and the worst case is exactly the union of their successes."""
+    gens = record.setdefault("part_generators", None) if record is not None else None
+    if gens is None:
+        gens = [_clone(generator) for _ in parts]
+        if record is not None:
+            record["part_generators"] = gens
+    x_adv = x.clone()
+    robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for part, gen in zip(parts, gens):
+        x_part = perturb(model, x, y, part, cvae=cvae, generator=gen)
+        with torch.no_grad():
+            fooled = (model(x_part).argmax(1) != y) & robust
+        x_adv[fooled], robust = x_part[fooled], robust & ~fooled
+    return x_adv
+
+
+def _clone(generator: torch.Generator | None) -> torch.Generator | None:
+    if generator is None:
+        return None
+    g = torch.Generator(device=generator.device)
+    g.set_state(generator.get_state())
+    return g
 
 
 def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None):
@@ -329,7 +431,8 @@ def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None):
         with torch.no_grad():
             z0 = cvae.encode_mean(x, y)
         loss = lambda z: F.cross_entropy(model(cvae.decode_mean(z, y)), y, reduction="none")  # noqa: E731
-        return z0, maximize(loss, z0, spec, lo=-math.inf, hi=math.inf, generator=generator)
+        fooled = lambda z: model(cvae.decode_mean(z, y)).argmax(1) != y  # noqa: E731
+        return z0, maximize(loss, z0, spec, lo=-math.inf, hi=math.inf, generator=generator, fooled=fooled)
 
 
 def reconstruct(cvae, x, y) -> torch.Tensor:

@@ -39,7 +39,7 @@ def attack_accuracy(model, split, spec: AttackSpec, *, device, batch_size: int =
     # counts stay on the device; the progress bar reads them at most every StatusClock period
     correct = torch.zeros((), dtype=torch.int64, device=device)
     recon_correct = torch.zeros((), dtype=torch.int64, device=device)
-    first_correct = 0
+    first_correct, saw_origin = 0, False
     record = {}
     n = len(split)
     with console.progress() as bar:
@@ -52,12 +52,13 @@ def attack_accuracy(model, split, spec: AttackSpec, *, device, batch_size: int =
             with frozen(model), torch.no_grad():
                 correct += (model(x_adv).argmax(1) == y).sum()
                 if origin is not None:
+                    saw_origin = True
                     recon_correct += (model(origin).argmax(1) == y).sum()
             bar.update(task, advance=y.shape[0])
             if clock.due():
                 bar.update(task, status=f"acc {int(correct) / done:.2%}")
     out = {"accuracy": int(correct) / max(n, 1), "n": n}
-    if spec.space == "latent":
+    if saw_origin:  # a latent attack (not a composite holding one)
         out["recon_accuracy"] = int(recon_correct) / max(n, 1)
     if spec.kind.first_reported_as:
         out[spec.kind.first_reported_as] = first_correct / max(n, 1)

@@ -11,7 +11,8 @@ from .outputs import save_figure
 NAMES = {"std": "Std training", "fgsm": "FGSM-adv", "pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint (PGD+VAE)",
          "l1": "l1-adv", "joint-lp": "joint (l1+linf)"}
 ATTACK_NAMES = {"clean": "clean data", "fgsm": "FGSM-attack", "pgd": "PGD-attack", "vae": "VAE-attack",
-                "l1": "l1-attack", "l2": "l2-attack"}
+                "l1": "l1-attack", "l2": "l2-attack", "autoattack": "AutoAttack (l-inf)",
+                "autoattack-l1": "AutoAttack (l1)"}
 # Table 2's two halves: (key, title); in the l1/l-inf half the l-inf model and attack are named so
 TABLE2_HALVES = (("lp", "l1 vs l-inf"), ("gen", "regular vs generative"))
 
@@ -125,6 +126,27 @@ def theory_md(rows: list[dict]) -> str:
     return f"{n_pass}/{len(rows)} checks pass{na}.\n\n" + _md_table(["check", "spectrum", "error", "tolerance", ""], body)
 
 
+def autoattack_note(r: dict) -> list[str]:
+    aa = r.get("autoattack")
+    if not aa:
+        return []
+    return ["", f"AutoAttack rows (here and in Table 2): the authors' standard version (`pyautoattack`), on the first "
+                f"{aa['examples']} test examples; the other rows on all {r['n_test']}."]
+
+
+def audit_md(audit: dict) -> str:
+    """Rows: checks; columns: models; then each failed check's detail."""
+    models = audit["models"]
+    first = next(iter(models.values()))
+    rows = [[f"({c['key']}) {c['check']}"] + [m[i]["verdict"] for m in models.values()] for i, c in enumerate(first)]
+    fails = [f"- {NAMES.get(mode, mode)} ({c['key']}): {c['detail']}" for mode, checks in models.items()
+             for c in checks if c["verdict"] == "FAIL"]
+    text = (f"Cheap checks for gradient masking and weak attacks, on the first {audit['examples']} test examples "
+            f"(the `audit` command's thresholds; FAIL is a strong sign, not a proof).\n\n")
+    text += _md_table(["check"] + [NAMES.get(m, m) for m in models], rows)
+    return text + ("\n\nFailed checks:\n\n" + "\n".join(fails) if fails else "\n\nNo check failed.")
+
+
 def heatmap(path, table: dict, title: str) -> None:
     """Attack (rows) x defence (columns) accuracies as a heat map."""
     import matplotlib
@@ -182,6 +204,7 @@ def render(r: dict) -> str:
         "## Table 1: test accuracy under each attack (rows) for each defence (columns)",
         "",
         table1_md(r["table1"], data),
+        *autoattack_note(r),
         "",
         "![attack x defence](figures/attack_defence.png)",
         "",
@@ -221,6 +244,8 @@ def render(r: dict) -> str:
         "All classes: [figures/spectra_all.png](figures/spectra_all.png).",
         "",
     ]
+    if r.get("audit"):
+        lines += ["## Audit of every model (`manifoldadv audit`)", "", audit_md(r["audit"]), ""]
     if r["theory"]:
         th = r["theory"]
         lines += ["## Theory checks (`manifoldadv theory verify`)", "",

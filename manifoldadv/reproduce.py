@@ -22,7 +22,7 @@ from .outputs import atomic_write_text
 from .data import Dataset
 from .runtime import versions
 from .spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, compute, plot, summarize_all
-from .study import ALL_MODES, TABLE1_COLS, TABLE1_ROWS, Study
+from .study import ALL_MODES, AUDIT_EXAMPLES, Study
 
 THEORY_SAMPLES = {"quick": 20_000, "full": 200_000}
 # for the report's figure: a nearly rank-5 spectrum, where Theorems 5 and 6 separate cleanly
@@ -92,8 +92,9 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
     t0 = time.perf_counter()
     for mode in ("cvae",) + ALL_MODES:
         study.ensure_trained(mode, ds)
-    table1 = study.matrix(TABLE1_ROWS, TABLE1_COLS, ds)
+    table1 = study.table1(ds)
     trade = study.tradeoff(ds)
+    audits = study.audits(ds) if study.audit else None
     spectra = spectra_step(study, ds)
     th = theory_step(study) if theory else None
     report.heatmap(study.run_dir / "figures" / "attack_defence.png", table1,
@@ -137,6 +138,8 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
         "table1": table1,
         "table1_paper": paper.table1(study.data),
         "tradeoff": trade,
+        "autoattack": {"examples": len(study.checked(ds.test))} if study.autoattack else None,
+        "audit": {"examples": len(study.checked(ds.test, full=AUDIT_EXAMPLES)), "models": audits} if audits else None,
         "tradeoff_paper": {"table2": paper.table2(study.data), "drops": report.paper_drops(study.data)},
         "evaluations": list(evals.values()),
         "spectra": spectra,

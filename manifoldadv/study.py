@@ -13,13 +13,14 @@ model resumes from its last finished epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import accel, checkpoint, console, outputs, training
-from .attacks import KINDS, spec_for
+from . import accel, checkpoint, console, external, outputs, training
+from .attacks import KINDS, kind, spec_for
 from .config import defaults
 from .outputs import atomic_write_text
 from .data import Dataset
@@ -33,6 +34,10 @@ LP_MODELS = ("l1", "pgd", "joint-lp")
 LP_ATTACKS = {"l1": "l1-worst", "pgd": "pgd"}
 GEN_MODELS, GEN_ATTACKS = ("pgd", "vae", "joint"), ("pgd", "vae")
 ALL_MODES = ("std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp")
+AUDIT_EXAMPLES = 1000  # of a full study; the audit's checks are coarse, a subset decides them
+# AutoAttack beside the regular-attack rows (table -> row -> attack), when it is on
+AUTOATTACK_ROWS = {"table1": {"autoattack": "autoattack"}, "lp": {"autoattack-l1": "autoattack-l1",
+                   "autoattack": "autoattack"}, "gen": {"autoattack": "autoattack"}}
 
 
 @dataclass
@@ -47,10 +52,18 @@ class Study:
     train_steps: int | None = None  # override of the training attacks' PGD steps (CPU budget)
     precision: str = "fp32"  # of every classifier forward, training and evaluation (accel.py)
     compile: bool | None = None  # torch.compile the classifiers (None: the device's default)
+    autoattack: bool | None = None  # AutoAttack rows (None: when pyautoattack is installed)
+    audit: bool = True  # the audit of every trained model
     timings: dict = field(default_factory=dict)
     spectra_test: object = None
 
     def __post_init__(self):
+        if self.autoattack is None:
+            self.autoattack = external.available()
+            if not self.autoattack:
+                console.log(f"no AutoAttack rows: pyautoattack is not installed ({external.EXTRA})")
+        elif self.autoattack:
+            external.require()
         self.run_dir = outputs.make_folder(self.run_dir, "run folder")
         outputs.make_folder(self.run_dir / "results", "run folder")
         outputs.make_folder(self.run_dir / "figures", "run folder")
@@ -110,8 +123,15 @@ class Study:
     def _load_evals(self) -> dict:
         return outputs.read_cache(self._evals_path(), console.log) or {}
 
+    def checked(self, split, *, full: int | None = None):
+        """The test examples the costly evaluations use (AutoAttack, the audit): in quick runs the
+        first `checked`, else the first `full` (None: all)."""
+        return split.head(defaults(self.data).quick.checked if self.quick else full)
+
     def accuracy(self, mode: str, attack: str, ds: Dataset) -> dict:
         """Accuracy of the `mode` model under `attack` (cached by checkpoint hash and settings)."""
+        if kind(attack).external:
+            ds = dataclasses.replace(ds, test=self.checked(ds.test))
         ck = self.ensure_trained(mode, ds)
         spec = spec_for(attack, self.data, steps=self.eval_steps)
         # keys keep their old form where nothing new applies, so older caches stay valid: the
@@ -146,6 +166,37 @@ class Study:
     def matrix(self, rows, cols, ds: Dataset) -> dict:
         return {a: {m: self.accuracy(m, a, ds)["accuracy"] for m in cols} for a in rows}
 
+    def table1(self, ds: Dataset) -> dict:
+        rows = TABLE1_ROWS + (tuple(AUTOATTACK_ROWS["table1"]) if self.autoattack else ())
+        return self.matrix(rows, TABLE1_COLS, ds)
+
+    # ---------------------------------------------------------------- the audit (cached)
+
+    def audits(self, ds: Dataset) -> dict:
+        """mode -> the audit's checks of every trained classifier (cached by checkpoint and settings)."""
+        from .audit import audit
+
+        out, path = {}, self.run_dir / "results" / "audit.json"
+        test = self.checked(ds.test, full=AUDIT_EXAMPLES)
+        for mode in ALL_MODES:
+            ck = self.ensure_trained(mode, ds)
+            key = json.dumps([ck.name, checkpoint.digest(ck), checkpoint.digest(self.path("cvae")), len(test),
+                              self.eval_steps, self.seed, self.precision])
+            cache = outputs.read_cache(path, console.log) or {}
+            if key not in cache:
+                model, _ = checkpoint.load_model(ck, kind="classifier", device=self.device, dataset=self.data)
+                model = accel.prepare(model, precision=self.precision, device=self.device)
+                cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
+                with console.doing(f"while auditing {mode}"):
+                    checks = audit(model, test, self.data, device=self.device, steps=self.eval_steps, seed=self.seed,
+                                   cvae=cvae, num_classes=ds.num_classes)
+                cache = outputs.read_cache(path, console.log) or {}
+                cache[key] = [c.as_dict() for c in checks]
+                atomic_write_text(path, json.dumps(console.to_jsonable(cache), indent=1))
+                console.log(f"[{self.data}] audit of {mode}: {sum(c.verdict == 'FAIL' for c in checks)} failed")
+            out[mode] = cache[key]
+        return out
+
     # ---------------------------------------------------------------- the trade-off
 
     def tradeoff(self, ds: Dataset) -> dict:
@@ -156,6 +207,9 @@ class Study:
         slide = {m: r["slide_accuracy"] if "slide_accuracy" in r else self.accuracy(m, "l1", ds)["accuracy"]
                  for m, r in rows["l1"].items()}
         gen = self.matrix(GEN_ATTACKS, GEN_MODELS, ds)
+        if self.autoattack:  # beside the rows the drops are computed from
+            lp.update(self.matrix(AUTOATTACK_ROWS["lp"], LP_MODELS, ds))
+            gen.update(self.matrix(AUTOATTACK_ROWS["gen"], GEN_MODELS, ds))
         drop_lp = {"l1": lp["l1"]["l1"] - lp["l1"]["joint-lp"], "pgd": lp["pgd"]["pgd"] - lp["pgd"]["joint-lp"]}
         drop_gen = {"pgd": gen["pgd"]["pgd"] - gen["pgd"]["joint"], "vae": gen["vae"]["vae"] - gen["vae"]["joint"]}
         return {

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import accel, checkpoint, console, loader, models, outputs
-from .attacks import KINDS, AttackSpec, eps_option, perturb, spec_for, with_overrides
+from .attacks import KINDS, AttackSpec, perturb, spec_for, with_overrides
 from .config import Schedule, defaults
 from .data import Dataset, Split
 from .errors import CheckpointError, TrainingError, UsageError
@@ -125,8 +125,8 @@ def resolve_config(
     model = _given(model, d.model)
     if models.spec(model).kind != "classifier":
         raise UsageError(f"mode {mode} trains a classifier; {model!r} is a {models.spec(model).kind}")
-    specs = [spec_for(name, data, train=True, eps=eps_option(name, **(budgets or {})), steps=steps,
-                      step_size=step_size).as_dict() for name in MODES[mode]]
+    specs = [spec_for(name, data, train=True, budgets=budgets, steps=steps, step_size=step_size).as_dict()
+             for name in MODES[mode]]
     clean_weight = DEFAULT_CLEAN_WEIGHT.get(mode, 0.0) if clean_weight is None else clean_weight
     if not 0.0 <= clean_weight < 1.0:
         raise UsageError(f"--clean-weight must be in [0, 1), got {clean_weight}")

@@ -132,5 +132,7 @@ def test_registry_is_the_one_home_of_attack_rules():
     from manifoldadv.attacks import KINDS, LATENT, REGULAR
 
     assert LATENT == ("vae", "vae-pgd", "vae-l2") and "clean" not in REGULAR
-    assert [n for n, k in KINDS.items() if not k.iterative] == ["clean", "fgsm", "pointwise", "vae"]
+    assert [n for n, k in KINDS.items() if not k.iterative] == ["clean", "fgsm", "pointwise", "vae", "autoattack",
+                                                               "autoattack-l2", "autoattack-l1", "apgd-ce", "apgd-t",
+                                                               "square"]
     assert make_spec("l1-worst", "synthetic").as_dict()["pointwise_version"] >= 1

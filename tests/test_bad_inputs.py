@@ -266,7 +266,8 @@ def test_interrupt_before_anything_is_saved_and_in_attack(tmp_path, monkeypatch,
 def test_interrupt_in_a_study_says_rerun_the_command(tmp_path, monkeypatch):
     interrupt_on(monkeypatch, 4)  # cvae epochs 1-3 done, std's first epoch interrupted
     run = tmp_path / "run"
-    r = cli("reproduce", "--quick", "--limit", "60", "--no-theory", "--device", "cpu", "--run-dir", run)
+    r = cli("reproduce", "--quick", "--limit", "60", "--no-theory", "--no-autoattack", "--device", "cpu",
+            "--run-dir", run)
     line = assert_one_error_line(r, 130, ("interrupted in epoch", "synthetic-cvae.safetensors"))
     assert line.endswith(f"finished models and evaluations are kept in {run}; rerun the same command to continue")
 
@@ -328,8 +329,8 @@ def test_stale_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_pat
 @pytest.mark.parametrize("name", ["evals.json", "spectra.json"])
 def test_corrupt_study_cache_is_named_moved_aside_and_rebuilt(tmp_path, name):
     run = tmp_path / "run"
-    args = ["reproduce", "--quick", "--limit", "60", "--no-theory", "--device", "cpu", "--train-steps", "1",
-            "--run-dir", run]
+    args = ["reproduce", "--quick", "--limit", "60", "--no-theory", "--no-autoattack", "--no-audit", "--device", "cpu",
+            "--train-steps", "1", "--run-dir", run]
     first = cli_json(*args)
     (run / "results" / name).write_text('{"truncated": ')
     r = cli(*args, "--json")

@@ -8,17 +8,21 @@ from manifoldadv import checkpoint, training
 
 from helpers import assert_usage_error, cli, cli_json
 
-TINY = ["--data", "synthetic", "--quick", "--limit", "120", "--no-theory"]
+TINY = ["--data", "synthetic", "--quick", "--limit", "120", "--no-theory", "--no-autoattack", "--no-audit"]
 
 
 def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     run = tmp_path / "run"
-    doc = cli_json("reproduce", *TINY, "--train-steps", "2", "--run-dir", run)
+    with_checks = [a for a in TINY if a not in ("--no-autoattack", "--no-audit")] + ["--autoattack", "--audit"]
+    doc = cli_json("reproduce", *with_checks, "--train-steps", "2", "--run-dir", run)
     results = json.loads((run / "results.json").read_text())
     for mode in ("pgd", "l1", "joint-lp", "joint"):
         assert {a["steps"] for a in results["models"][mode]["hparams"]["attacks"] if a["space"] == "input"} == {2}
     assert results["quick"] is True and results["data"] == "synthetic" and results["n_test"] == 120
-    assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae"}
+    assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae", "autoattack"}
+    assert set(results["tradeoff"]["lp"]) == {"l1", "pgd", "autoattack-l1", "autoattack"}
+    assert set(results["audit"]["models"]) == {"std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp"}
+    assert all(len(checks) == 10 for checks in results["audit"]["models"].values())
     assert set(results["table1"]["pgd"]) == {"std", "fgsm", "pgd", "vae", "joint"}
     assert set(results["tradeoff"]["drops"]) == {"joint-lp", "joint"}
     assert {(r["set"], r["reference"]) for r in results["spectra"]["summary"]} == {
@@ -28,6 +32,7 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert doc["report"] == str(run / "report.md")
     text = (run / "report.md").read_text()
     assert "QUICK smoke run" in text and "with 2 PGD steps" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
+    assert "| AutoAttack (l-inf) |" in text and "## Audit of every model" in text and "on the first 120 test examples" in text
     for fig in results["figures"]:
         assert (run / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     # the trade-off numbers are the differences of the table cells
@@ -109,7 +114,8 @@ def test_study_refuses_checkpoint_with_other_settings(tmp_path):
 
 
 def test_tradeoff_command_json(tmp_path):
-    doc = cli_json("tradeoff", "--data", "synthetic", "--quick", "--limit", "100", "--run-dir", tmp_path / "t")
+    doc = cli_json("tradeoff", "--data", "synthetic", "--quick", "--limit", "100", "--no-autoattack",
+                   "--run-dir", tmp_path / "t")
     assert set(doc["lp"]) == {"l1", "pgd"} and set(doc["lp"]["l1"]) == {"l1", "pgd", "joint-lp"}
     assert set(doc["gen"]) == {"pgd", "vae"} and set(doc["gen"]["vae"]) == {"pgd", "vae", "joint"}
     assert doc["lp_attacks"]["l1"] == "l1-worst"

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .. import accel, checkpoint, console
-from ..attacks import ATTACKS, KINDS, describe, eps_option, kind, spec_for
+from ..attacks import ATTACKS, WORST, describe, kind, spec_for, worst_name
 from ..config import defaults
 from ..errors import UsageError
 from ..evaluate import attack_accuracy
@@ -20,9 +20,15 @@ from .common import dataset as load_data, load_cvae
 
 
 def parse_attacks(text: str) -> list[str]:
+    """Comma-separated attack names; a worst:A,B,... takes every name after it as its parts (so it
+    comes last; worst:A+B+... can stand anywhere)."""
     names = [a.strip() for a in text.split(",") if a.strip()]
     if not names:
         raise UsageError(f"no attack in {text!r}; choose from {', '.join(ATTACKS)}")
+    at = next((i for i, n in enumerate(names) if n.startswith(WORST) and "+" not in n), None)
+    if at is not None:
+        names[at:] = [worst_name([names[at][len(WORST):], *names[at + 1:]])]
+    names = [worst_name(n[len(WORST):].split("+")) if n.startswith(WORST) else n for n in names]
     for name in names:
         kind(name)
     return list(dict.fromkeys(names))
@@ -44,7 +50,7 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
         model = accel.prepare(model, precision=precision, compile=compiled, device=dev)
         for name in attack_names:
             spec = spec_for(name, ds.name, restarts=restarts, steps=steps, step_size=step_size,
-                            eps=eps_option(name, linf=eps, l2=l2_eps, l1=l1_eps, latent=latent_eps))
+                            budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps})
             with console.doing(f"while attacking {path} with {name}", "attack writes nothing"):
                 res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
                                       label=f"{column_label(meta, Path(path))} / {name}")
@@ -85,7 +91,7 @@ def render(rows, paths) -> Table:
 def attack(
     run: Run,
     checkpoints: Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)],
-    attacks: Annotated[str, typer.Option("--attacks", help=f"Comma-separated, from: {', '.join(ATTACKS)}.")] = "clean,fgsm,pgd,l2,l1",
+    attacks: Annotated[str, typer.Option("--attacks", help=f"Comma-separated, from: {', '.join(ATTACKS)}; worst:A,B,... (last) is the per-example worst case of A, B, ...")] = "clean,fgsm,pgd,l2,l1",
     eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget of fgsm/pgd (default: the data set's test eps).")] = None,
     l1_eps: Annotated[Optional[float], typer.Option("--l1-eps", min=0.0)] = None,
     l2_eps: Annotated[Optional[float], typer.Option("--l2-eps", min=0.0)] = None,
@@ -95,17 +101,23 @@ def attack(
     restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts of the iterative attacks and pointwise; the worst case per example is kept (default 1; pointwise: 5). One-step attacks (fgsm, vae) take none.")] = None,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for the vae attacks.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
+    worst: Annotated[bool, typer.Option("--worst", help="Add the per-example worst case of the listed attacks (an example counts as robust only if every attack failed); worst:A,B,... in --attacks names one directly.")] = False,
 ) -> None:
     """Accuracy of each checkpoint under each attack on the test set of its data set."""
     dev = run.start()
     names = parse_attacks(attacks)
+    if worst:
+        parts = [n for n in names if n != "clean" and not n.startswith(WORST)]
+        if len(parts) < 2:
+            raise UsageError("--worst needs at least two attacks besides clean in --attacks")
+        names.append(worst_name(parts))
     metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
     data_names = {m["dataset"] for m in metas}
     if len(data_names) != 1:
         raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(data_names))}")
     data_name = data_names.pop()
     cvae_model = None
-    if any(KINDS[n].space == "latent" for n in names):
+    if any(kind(n).space == "latent" for n in names):
         if cvae is None:
             raise UsageError("the vae attacks need --cvae CVAE.safetensors (train one with --mode cvae)")
         cvae_model, _ = load_cvae(cvae, dev, data_name)

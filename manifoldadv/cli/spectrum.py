@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .. import accel, checkpoint, console, outputs
 from ..outputs import atomic_write_text
+from ..attacks import ATTACKS
 from ..errors import UsageError
 from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
@@ -20,14 +21,8 @@ from ._options import DATA_OPTIONS, MODEL_OPTIONS, DataName, Run, shared
 from .common import dataset as load_data
 
 
-class SpectrumAttack(str, Enum):
-    auto = "auto"
-    pgd = "pgd"
-    l1 = "l1"
-    l2 = "l2"
-    fgsm = "fgsm"
-    vae = "vae"
-    none = "none"
+# auto, none, and every registered attack but clean
+SpectrumAttack = Enum("SpectrumAttack", {n: n for n in ("auto", *ATTACKS[1:], "none")}, type=str)
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int]:

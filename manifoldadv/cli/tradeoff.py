@@ -54,11 +54,13 @@ def tradeoff(
     strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy of the joint models.")] = Strategy.avg,
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets (smoke run).")] = False,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
+    autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows (default: when pyautoattack is installed; quick runs use the first 200 test examples).")] = None,
 ) -> None:
     """l1-adv / l-inf-adv / joint-lp and PGD-adv / VAE-adv / joint under their attacks, and the trade-off."""
     dev = run.start()
     study = Study(data.value, run_dir, dev, seed=run.seed, quick=quick, strategy=strategy.value,
-                  train_steps=train_steps, precision=run.precision.value, compile=run.compile)
+                  train_steps=train_steps, precision=run.precision.value, compile=run.compile,
+                  autoattack=autoattack, audit=False)
     ds = study.subset(load_data(data.value, run.data_root, run.limit, run.download))
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
                            "rerun the same command to continue"):

@@ -1,0 +1,78 @@
+"""`manifoldadv audit`: cheap checks that a robustness number can be believed (gradient masking,
+weak attacks), a verdict per check and model. Exit 1 when any check fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import accel, checkpoint, console
+from ..audit import audit as run_audit, failed
+from ..errors import UsageError
+from ._app import app
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Run, shared
+from .common import dataset as load_data, load_cvae
+
+VERDICT_STYLE = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "info": "info", "n/a": "n/a"}
+
+
+def render(models: list[dict]) -> Table:
+    table = Table(title="audit (rows: checks, columns: models)")
+    table.add_column("check")
+    for m in models:
+        table.add_column(m["label"])
+    for i, c in enumerate(models[0]["checks"]):
+        table.add_row(f"({c['key']}) {c['check']}", *[VERDICT_STYLE[m["checks"][i]["verdict"]] for m in models])
+    return table
+
+
+@app.command()
+@shared(DATA_OPTIONS, MODEL_OPTIONS)
+def audit(
+    run: Run,
+    checkpoints: Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)],
+    examples: Annotated[int, typer.Option("--examples", min=1, help="Test examples the checks use (the first N).")] = 500,
+    eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget (default: the data set's test eps).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="PGD steps (default: the data set's).")] = None,
+    cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE for the latent-attack check (j).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
+) -> None:
+    """Check each model's robustness evaluation for signs of gradient masking and weak attacks:
+    (a) accuracy falls with eps per example, (b) an unbounded budget reaches chance, (c) more steps
+    or restarts change little, (d) PGD <= FGSM, (e) black-box Square finds nothing PGD missed,
+    (f) logits not probabilities, (g) few exactly zero input gradients, (h) deterministic,
+    batch-size independent predictions, (i) returned examples in the ball and the box and fooling
+    on a fresh pass, (j) a latent attack's pixel distortion (with --cvae). Exit 1 if any check fails."""
+    dev = run.start()
+    metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
+    names = {m["dataset"] for m in metas}
+    if len(names) != 1:
+        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(names))}")
+    data_name = names.pop()
+    cvae_model = load_cvae(cvae, dev, data_name)[0] if cvae is not None else None
+    ds = load_data(data_name, run.data_root, run.limit, run.download)
+    compiled = accel.resolve_compile(run.compile, dev, "eval")
+    models = []
+    for path, meta in zip(checkpoints, metas):
+        model, _ = checkpoint.load_model(path, kind="classifier", device=dev, dataset=data_name)
+        model = accel.prepare(model, precision=run.precision.value, compile=compiled, device=dev)
+        with console.doing(f"while auditing {path}", "audit writes nothing"):
+            checks = run_audit(model, ds.test, data_name, device=dev, n=examples, eps=eps, steps=steps,
+                               batch_size=batch_size, seed=run.seed, cvae=cvae_model, num_classes=ds.num_classes)
+        models.append({"checkpoint": str(path), "label": meta.get("mode") or Path(path).stem,
+                       "checks": [c.as_dict() for c in checks], "failed": failed(checks)})
+        console.log(f"{path}: {sum(c.verdict == 'FAIL' for c in checks)} check(s) failed")
+    any_failed = any(m["failed"] for m in models)
+    if run.json_out:
+        console.emit_json({"dataset": data_name, "examples": min(examples, len(ds.test)), "seed": run.seed,
+                           "models": models, "failed": any_failed})
+    else:
+        console.out.print(render(models))
+        for m in models:
+            for c in m["checks"]:
+                console.out.print(f"{m['label']} ({c['key']}) {c['verdict']}: {c['detail']}", markup=False)
+    if any_failed:
+        raise typer.Exit(1)
