@@ -40,7 +40,7 @@ class QuickSchedule:
     cvae_epochs: int
     train: int  # training examples kept
     test: int
-    checked: int = 200  # test examples of the AutoAttack rows and the audit (they cost more)
+    checked: int = 100  # test examples of the AutoAttack rows and the audit (they cost more)
 
 
 @dataclass

@@ -21,6 +21,7 @@ class Device(str, Enum):
 DataName = Enum("DataName", {name: name for name in DATASETS}, type=str)
 
 
+Checkpoints = Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout; logs go to stderr.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; results are deterministic for a seed on CPU.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.", case_sensitive=False)]

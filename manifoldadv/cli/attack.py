@@ -15,8 +15,8 @@ from ..config import defaults
 from ..errors import UsageError
 from ..evaluate import attack_accuracy
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Run, shared
-from .common import dataset as load_data, load_cvae
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Checkpoints, Run, shared
+from .common import checkpoints_dataset, dataset as load_data, load_cvae
 
 
 def parse_attacks(text: str) -> list[str]:
@@ -90,7 +90,7 @@ def render(rows, paths) -> Table:
 @shared(DATA_OPTIONS, MODEL_OPTIONS)
 def attack(
     run: Run,
-    checkpoints: Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)],
+    checkpoints: Checkpoints,
     attacks: Annotated[str, typer.Option("--attacks", help=f"Comma-separated, from: {', '.join(ATTACKS)}; worst:A,B,... (last) is the per-example worst case of A, B, ...")] = "clean,fgsm,pgd,l2,l1",
     eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget of fgsm/pgd (default: the data set's test eps).")] = None,
     l1_eps: Annotated[Optional[float], typer.Option("--l1-eps", min=0.0)] = None,
@@ -111,11 +111,7 @@ def attack(
         if len(parts) < 2:
             raise UsageError("--worst needs at least two attacks besides clean in --attacks")
         names.append(worst_name(parts))
-    metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
-    data_names = {m["dataset"] for m in metas}
-    if len(data_names) != 1:
-        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(data_names))}")
-    data_name = data_names.pop()
+    data_name, metas = checkpoints_dataset(checkpoints)
     cvae_model = None
     if any(kind(n).space == "latent" for n in names):
         if cvae is None:

@@ -11,10 +11,9 @@ from rich.table import Table
 
 from .. import accel, checkpoint, console
 from ..audit import audit as run_audit, failed
-from ..errors import UsageError
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Run, shared
-from .common import dataset as load_data, load_cvae
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Checkpoints, Run, shared
+from .common import checkpoints_dataset, dataset as load_data, load_cvae
 
 VERDICT_STYLE = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "info": "info", "n/a": "n/a"}
 
@@ -33,7 +32,7 @@ def render(models: list[dict]) -> Table:
 @shared(DATA_OPTIONS, MODEL_OPTIONS)
 def audit(
     run: Run,
-    checkpoints: Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)],
+    checkpoints: Checkpoints,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Test examples the checks use (the first N).")] = 500,
     eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget (default: the data set's test eps).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="PGD steps (default: the data set's).")] = None,
@@ -47,11 +46,7 @@ def audit(
     batch-size independent predictions, (i) returned examples in the ball and the box and fooling
     on a fresh pass, (j) a latent attack's pixel distortion (with --cvae). Exit 1 if any check fails."""
     dev = run.start()
-    metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
-    names = {m["dataset"] for m in metas}
-    if len(names) != 1:
-        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(names))}")
-    data_name = names.pop()
+    data_name, metas = checkpoints_dataset(checkpoints)
     cvae_model = load_cvae(cvae, dev, data_name)[0] if cvae is not None else None
     ds = load_data(data_name, run.data_root, run.limit, run.download)
     compiled = accel.resolve_compile(run.compile, dev, "eval")

@@ -20,3 +20,14 @@ def load_cvae(path: Path, device, dataset_name: str | None = None):
     model, meta = checkpoint.load_model(path, kind="cvae", device=device, dataset=dataset_name)
     model.eval()
     return model, meta
+
+
+def checkpoints_dataset(paths) -> tuple[str, list[dict]]:
+    """(the data set, each checkpoint's metadata) of classifier checkpoints that must share one."""
+    from ..errors import UsageError
+
+    metas = [checkpoint.load(p, kind="classifier").meta for p in paths]
+    names = {m["dataset"] for m in metas}
+    if len(names) > 1:
+        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(names))}")
+    return (names.pop() if names else None), metas

@@ -25,7 +25,7 @@ def reproduce(
     strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy.")] = Strategy.avg,
     theory: Annotated[bool, typer.Option("--theory/--no-theory", help="Run `theory verify` into the report.")] = True,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
-    autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows of Tables 1 and 2 (default: when pyautoattack is installed; quick runs use the first 200 test examples).")] = None,
+    autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows of Tables 1 and 2 (default: when pyautoattack is installed; quick runs use the first 100 test examples).")] = None,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Audit every trained model (see `manifoldadv audit`) into the report.")] = True,
 ) -> None:
     """Train every model of the study, run the attack matrix, spectra, trade-offs and theory checks,

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, DataName, Run, shared
-from .common import dataset as load_data
+from .common import checkpoints_dataset, dataset as load_data
 
 
 # auto, none, and every registered attack but clean
@@ -88,11 +88,8 @@ def spectrum(
         if path is not None:
             outputs.check_file(path, what)
     checkpoints = checkpoints or []
-    metas = [checkpoint.load(p, kind="classifier").meta for p in checkpoints]
-    names = {m["dataset"] for m in metas}
-    if len(names) > 1:
-        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(names))}")
-    data_name = names.pop() if names else (data.value if data else "synthetic")
+    data_name, _ = checkpoints_dataset(checkpoints)
+    data_name = data_name or (data.value if data else "synthetic")
     if data is not None and data.value != data_name:
         raise UsageError(f"--data {data.value} does not match the checkpoints' data set {data_name}")
     ds = load_data(data_name, run.data_root, run.limit, run.download)
