@@ -282,20 +282,28 @@ def frozen(*modules):
                 p.requires_grad_(f)
 
 
-def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generator | None):
+def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generator | None, shard=None):
     shape = x0.shape
+
+    def draw(fn, *dims):
+        # shard = (offset, size): x0 is rows offset.. of a global batch of `size` spread over
+        # processes; every draw is made for the whole batch and sliced, as one process makes it
+        full = (shard[1], *dims[1:]) if shard is not None else dims
+        out = fn(full, generator=gen, device=x0.device, dtype=x0.dtype)
+        return out[shard[0]:shard[0] + dims[0]] if shard is not None else out
+
     if spec.norm == "linf":
-        noise = torch.rand(shape, generator=gen, device=x0.device, dtype=x0.dtype) * 2 - 1
+        noise = draw(torch.rand, *shape) * 2 - 1
         return (x0 + spec.eps * noise).clamp(lo, hi)
     if spec.norm == "l2":
-        v = torch.randn(shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        v = draw(torch.randn, *shape)
     else:  # Laplace directions are uniform on the l1 sphere once normalised
-        e = torch.rand(shape, generator=gen, device=x0.device, dtype=x0.dtype).clamp_min(1e-12)
-        s = torch.rand(shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        e = draw(torch.rand, *shape).clamp_min(1e-12)
+        s = draw(torch.rand, *shape)
         v = -torch.log(e) * torch.sign(s - 0.5)
     p = 2 if spec.norm == "l2" else 1
     norms = v.flatten(1).norm(p=p, dim=1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
-    radius = torch.rand(shape[0], generator=gen, device=x0.device, dtype=x0.dtype).view_as(norms)
+    radius = draw(torch.rand, shape[0]).view_as(norms)
     x = x0 + v / norms * spec.eps * radius
     # a zero-gradient step is exactly the projection onto ball ∩ box
     return ops.pgd_step_(x, x0, torch.zeros_like(x), step=0.0, eps=spec.eps, norm=spec.norm, lo=lo, hi=hi,
@@ -303,7 +311,7 @@ def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generat
 
 
 def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi: float = 1.0,
-             generator: torch.Generator | None = None, fooled=None) -> torch.Tensor:
+             generator: torch.Generator | None = None, fooled=None, shard=None) -> torch.Tensor:
     """The one projected-gradient loop: maximise per-sample `loss_fn` around x0 within spec's
     ball ∩ [lo, hi]. With several restarts each sample keeps a restart that fools the model
     (`fooled(x)`, per sample) when one does, else the one of highest final loss: the highest loss
@@ -311,7 +319,7 @@ def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi
     x0 = x0.detach()
     best, best_loss = None, None
     for _ in range(spec.restarts):
-        x = _random_start(x0, spec, lo, hi, generator) if spec.random_start else x0.clone()
+        x = _random_start(x0, spec, lo, hi, generator, shard) if spec.random_start else x0.clone()
         for _ in range(spec.steps):
             x.requires_grad_(True)
             loss = loss_fn(x)
@@ -337,8 +345,11 @@ def _ce(model, y):
 
 
 def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=None,
-            generator: torch.Generator | None = None, record: dict | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, record: dict | None = None, shard=None) -> torch.Tensor:
     """Adversarial images for (x, y) against `model` under `spec` (in [0, 1]).
+
+    shard: (offset, size) when (x, y) are rows of a larger batch spread over processes (the
+    random starts are drawn for all `size` rows and sliced, distributed.py); training only.
 
     record: for a "worst of" composite, gets "first_correct", how many samples its first part
     alone left correctly classified (that attack's own count: one run gives both accuracies);
@@ -355,8 +366,8 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
             return pointwise(model, x, y, eps=spec.eps, generator=generator, restarts=spec.restarts)[0]
         if k.space == "input":
             return maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator,
-                            fooled=lambda inp: model(inp).argmax(1) != y)
-        z0, z = latent_search(model, cvae, x, y, spec, generator=generator)
+                            fooled=lambda inp: model(inp).argmax(1) != y, shard=shard)
+        z0, z = latent_search(model, cvae, x, y, spec, generator=generator, shard=shard)
         with torch.no_grad():
             if record is not None:
                 record["origin"] = cvae.decode_mean(z0, y)
@@ -397,14 +408,10 @@ def _worst_of(model, x, y, spec: AttackSpec, *, cvae, generator, record):
 
 
 def _worst_of_all(model, x, y, parts, *, cvae, generator, record):
-    """worst:A,B,...: every part runs on the whole batch with a generator of its own that starts
-    where the evaluation's starts (kept across batches in `record`), so each part does exactly
-    what it does alone and the worst case is exactly the union of their successes."""
-    gens = record.setdefault("part_generators", None) if record is not None else None
-    if gens is None:
-        gens = [_clone(generator) for _ in parts]
-        if record is not None:
-            record["part_generators"] = gens
+    """worst:A,B,...: every part runs on the whole batch from the batch's generator as it is (a
+    copy each), so each part does exactly what it does alone and the worst case is exactly the
+    union of their successes."""
+    gens = [_clone(generator) for _ in parts]
     x_adv = x.clone()
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for part, gen in zip(parts, gens):
@@ -423,7 +430,7 @@ def _clone(generator: torch.Generator | None) -> torch.Generator | None:
     return g
 
 
-def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None):
+def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None, shard=None):
     """(z0, z'): the encoding I_y(x) and the latent point the attack moves it to (no box)."""
     if cvae is None:
         raise UsageError(f"attack {spec.name} needs a CVAE (--cvae CVAE.safetensors)")
@@ -432,7 +439,8 @@ def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None):
             z0 = cvae.encode_mean(x, y)
         loss = lambda z: F.cross_entropy(model(cvae.decode_mean(z, y)), y, reduction="none")  # noqa: E731
         fooled = lambda z: model(cvae.decode_mean(z, y)).argmax(1) != y  # noqa: E731
-        return z0, maximize(loss, z0, spec, lo=-math.inf, hi=math.inf, generator=generator, fooled=fooled)
+        return z0, maximize(loss, z0, spec, lo=-math.inf, hi=math.inf, generator=generator, fooled=fooled,
+                            shard=shard)
 
 
 def reconstruct(cvae, x, y) -> torch.Tensor:

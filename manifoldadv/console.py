@@ -48,8 +48,18 @@ def to_jsonable(obj):
 
 
 def emit_json(obj) -> None:
+    if out.quiet:  # a process other than rank 0 of several
+        return
     sys.stdout.write(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def only_rank_zero_speaks(main: bool) -> None:
+    """Of several processes, rank 0 alone prints results (stdout) and logs (stderr); errors
+    (the CLI's `error:` lines) still come from every rank."""
+    out.quiet = not main
+    if not main:
+        set_quiet(True)
 
 
 @contextmanager

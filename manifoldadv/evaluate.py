@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import console, loader
+from . import console, distributed, loader
 from .attacks import AttackSpec, frozen, perturb
 
 
@@ -12,6 +12,12 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def batch_generator(device, seed: int, index: int) -> torch.Generator:
+    """The generator of evaluation batch `index`: seeded by (seed, index), so that a batch draws
+    the same numbers whichever process evaluates it and however many there are."""
+    return make_generator(device, (int(seed) * 1_000_003 + int(index) * 7919 + 29) % (2**63 - 1))
 
 
 def batches(n: int, batch_size: int):
@@ -23,9 +29,9 @@ def clean_accuracy(model, split, *, device, batch_size: int = 1000) -> float:
     split = loader.place(split, device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with frozen(model), torch.no_grad():
-        for x, y, _ in loader.batches(split, batch_size, device):
+        for _, x, y in loader.dealt(split, batch_size, device):
             correct += (model(x).argmax(1) == y).sum()
-    return int(correct) / max(len(split), 1)
+    return int(distributed.all_reduce_(correct)) / max(len(split), 1)
 
 
 def attack_accuracy(model, split, spec: AttackSpec, *, device, batch_size: int = 500, cvae=None,
@@ -33,33 +39,34 @@ def attack_accuracy(model, split, spec: AttackSpec, *, device, batch_size: int =
     """Accuracy under `spec`; latent attacks also report accuracy on the clean reconstructions
     G_y(I_y(x)), which separates the attack's effect from reconstruction error; a "worst of"
     composite also reports its first part's accuracy alone (`l1-worst`: `slide_accuracy`, equal
-    to the `l1` attack's)."""
-    gen = make_generator(device, seed)
+    to the `l1` attack's). With several processes each takes whole batches and the counts add up."""
     split = loader.place(split, device)
     # counts stay on the device; the progress bar reads them at most every StatusClock period
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    recon_correct = torch.zeros((), dtype=torch.int64, device=device)
-    first_correct, saw_origin = 0, False
-    record = {}
+    counts = torch.zeros(3, dtype=torch.int64, device=device)  # correct, on reconstructions, first part
+    saw_origin = torch.zeros((), dtype=torch.int64, device=device)
     n = len(split)
     with console.progress() as bar:
         task = bar.add_task(f"{label or spec.name}", total=n, status="")
         clock = console.StatusClock(bar)
-        for x, y, done in loader.batches(split, batch_size, device):
-            x_adv = perturb(model, x, y, spec, cvae=cvae, generator=gen, record=record)
-            first_correct += record.pop("first_correct", 0)
-            origin = record.pop("origin", None)  # a latent attack's G_y(I_y(x))
+        done = 0
+        for k, x, y in loader.dealt(split, batch_size, device):
+            record = {}
+            done += y.shape[0]
+            x_adv = perturb(model, x, y, spec, cvae=cvae, generator=batch_generator(device, seed, k), record=record)
+            origin = record.get("origin")  # a latent attack's G_y(I_y(x))
             with frozen(model), torch.no_grad():
-                correct += (model(x_adv).argmax(1) == y).sum()
+                counts[0] += (model(x_adv).argmax(1) == y).sum()
                 if origin is not None:
-                    saw_origin = True
-                    recon_correct += (model(origin).argmax(1) == y).sum()
+                    saw_origin += 1
+                    counts[1] += (model(origin).argmax(1) == y).sum()
+            counts[2] += record.get("first_correct", 0)
             bar.update(task, advance=y.shape[0])
             if clock.due():
-                bar.update(task, status=f"acc {int(correct) / done:.2%}")
-    out = {"accuracy": int(correct) / max(n, 1), "n": n}
-    if saw_origin:  # a latent attack (not a composite holding one)
-        out["recon_accuracy"] = int(recon_correct) / max(n, 1)
+                bar.update(task, status=f"acc {int(counts[0]) / done:.2%}")
+    distributed.all_reduce_(counts)
+    out = {"accuracy": int(counts[0]) / max(n, 1), "n": n}
+    if int(distributed.all_reduce_(saw_origin)):  # a latent attack (not a composite holding one)
+        out["recon_accuracy"] = int(counts[1]) / max(n, 1)
     if spec.kind.first_reported_as:
-        out[spec.kind.first_reported_as] = first_correct / max(n, 1)
+        out[spec.kind.first_reported_as] = int(counts[2]) / max(n, 1)
     return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .data import Split
 
 DEVICE_FRACTION = 0.25
@@ -87,36 +88,68 @@ def batches(split: Split, batch_size: int, device, *, order: torch.Tensor | None
     """Yields (x float32 in [0, 1], y, end) for consecutive slices of `order` (indices into the
     placed `split`; None: the split in its own order) on `device`; `end` counts the examples
     done after this batch. No host synchronisation per batch."""
-    device = torch.device(device)
     n = len(split) if order is None else len(order)
+    for _, x, y, piece in _cut(split, device, order, crops, [(k, sl) for k, sl in enumerate(_slices(n, batch_size))]):
+        yield x, y, piece.stop
+
+
+def dealt(split: Split, batch_size: int, device, *, order: torch.Tensor | None = None):
+    """Yields (batch index, x, y) for this process's whole batches: with several processes the
+    batches are dealt round-robin (distributed.mine), so a batch is the same on every count."""
+    n = len(split) if order is None else len(order)
+    mine = [(k, sl) for k, sl in enumerate(_slices(n, batch_size)) if distributed.mine(k)]
+    for k, x, y, _ in _cut(split, device, order, None, mine):
+        yield k, x, y
+
+
+def parts(split: Split, batch_size: int, device, *, order: torch.Tensor, crops: Crops | None = None):
+    """Yields (x, y, end, (offset, size)) for this process's part of every global batch of
+    `order` (distributed.part_of): `offset` is where the part starts in its batch of `size`."""
+    pieces, shards = [], []
+    for k, sl in enumerate(_slices(len(order), batch_size)):
+        offset, length = distributed.part_of(sl.stop - sl.start)
+        pieces.append((k, slice(sl.start + offset, sl.start + offset + length)))
+        shards.append((offset, sl.stop - sl.start, sl.stop))
+    for k, x, y, _ in _cut(split, device, order, crops, pieces):
+        offset, size, end = shards[k]
+        yield x, y, end, (offset, size)
+
+
+def _slices(n: int, batch_size: int) -> list[slice]:
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def _cut(split: Split, device, order, crops, pieces):
+    """(k, x, y, piece) for each (k, piece): the examples at positions `piece` of `order`."""
+    device = torch.device(device)
     if crops is not None:
         crops = crops.to(device)
     if split.x.device.type == "cpu" and device.type == "cuda":
-        source = _prefetched(split, torch.arange(n) if order is None else order, batch_size, device)
+        n = len(split) if order is None else len(order)
+        source = _prefetched(split, torch.arange(n) if order is None else order, [p for _, p in pieces], device)
     else:
         source = None
         if order is not None:
             order = order.to(split.x.device)
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(start + batch_size, n))
+    for k, piece in pieces:
         if source is not None:
             x, y = next(source)
         else:
-            idx = sl if order is None else order[sl]
+            idx = piece if order is None else order[piece]
             x, y = split.images(idx), split.y[idx]
         if crops is not None:
-            x = crop_flip(x, crops[sl])
-        yield x, y, sl.stop
+            x = crop_flip(x, crops[piece])
+        yield k, x, y, piece
 
 
-def _prefetched(split: Split, order: torch.Tensor, batch_size: int, device):
+def _prefetched(split: Split, order: torch.Tensor, pieces: list[slice], device):
     """Host-resident split: gather each batch into pinned memory and copy it on a side stream,
     one batch ahead of the consumer."""
     stream = torch.cuda.Stream(device)
     main = torch.cuda.current_stream(device)
 
-    def stage(start):
-        idx = order[start:start + batch_size]
+    def stage(piece):
+        idx = order[piece]
         hx = torch.empty((len(idx), *split.x.shape[1:]), dtype=split.x.dtype, pin_memory=True)
         hy = torch.empty(len(idx), dtype=split.y.dtype, pin_memory=True)
         torch.index_select(split.x, 0, idx, out=hx)
@@ -127,11 +160,10 @@ def _prefetched(split: Split, order: torch.Tensor, batch_size: int, device):
             done.record(stream)
         return dx, dy, done
 
-    starts = list(range(0, len(order), batch_size))
-    ahead = stage(starts[0]) if starts else None
-    for i in range(len(starts)):
+    ahead = stage(pieces[0]) if pieces else None
+    for i in range(len(pieces)):
         dx, dy, done = ahead
-        ahead = stage(starts[i + 1]) if i + 1 < len(starts) else None
+        ahead = stage(pieces[i + 1]) if i + 1 < len(pieces) else None
         main.wait_event(done)
         dx.record_stream(main)  # allocated on the side stream, used on the main one
         dy.record_stream(main)

@@ -65,8 +65,16 @@ def glob_escape(name: str) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
+    """Write to a temporary file beside `path`, fsync, then rename over it. With several
+    processes rank 0 writes and every rank waits for it (distributed.py)."""
+    from . import distributed
+
+    if distributed.is_main():
+        _write(Path(path), data)
+    distributed.barrier()
+
+
+def _write(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -163,11 +171,16 @@ def read_cache(path, log=None) -> dict | None:
         why = f"a JSON {type(doc).__name__}, not an object"
     except json.JSONDecodeError as exc:
         why = f"not valid JSON ({exc.msg} at line {exc.lineno})"
+    from . import distributed
+
     aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        os.replace(path, aside)
+        if distributed.is_main():
+            os.replace(path, aside)
     except OSError as exc:
         raise OutputError(f"{path} is {why} and cannot be moved aside ({_reason(exc)}); delete it") from None
+    finally:
+        distributed.barrier()
     if log is not None:
         log(f"{path} was {why}: moved it to {aside.name} and rebuilding it")
     return None

@@ -50,7 +50,7 @@ def spectra_step(study: Study, ds: Dataset) -> dict:
     full = dataclasses.replace(ds, test=study.spectra_test or ds.test)
     key = {"pgd": digest(pgd), "vae": digest(vae), "n": len(full.test), "steps": study.eval_steps,
            "seed": study.seed, "top": top, "floor": DEFAULT_FLOOR_REL, "reconstructions": True,
-           "top_energy": True}
+           "top_energy": True, "evaluation": 2}
     if study.precision != "fp32":  # fp32 keys keep their old form
         key["precision"] = study.precision
     key["cvae"] = digest(study.path("cvae"))  # the VAE set's latent attack uses it

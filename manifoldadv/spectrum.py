@@ -28,10 +28,10 @@ import torch
 
 from pathlib import Path
 
-from . import accel, checkpoint, console, loader, ops
+from . import accel, checkpoint, console, distributed, loader, ops
 from .attacks import perturb, reconstruct, spec_for
 from .errors import UsageError
-from .evaluate import make_generator
+from .evaluate import batch_generator
 
 TOP = 30
 DEFAULT_FLOOR_REL = 1e-6
@@ -67,6 +67,7 @@ class PerturbationEnergy:
         # sums stay on the directions' device until `fractions` (no round trip per batch)
         self.inside = {c: v.new_zeros(()) for c, v in directions.items()}
         self.total = {c: v.new_zeros(()) for c, v in directions.items()}
+        self.reduced = False
 
     def update(self, delta: torch.Tensor, y: torch.Tensor) -> None:
         delta = delta.flatten(1).double()
@@ -77,6 +78,11 @@ class PerturbationEnergy:
             self.total[c] += d.square().sum()
 
     def fractions(self) -> dict[int, float]:
+        if not self.reduced and self.directions:  # the processes' sums added up, once
+            sums = distributed.all_reduce_(torch.stack([*self.inside.values(), *self.total.values()]))
+            k = len(self.inside)
+            self.inside, self.total = dict(zip(self.inside, sums[:k])), dict(zip(self.total, sums[k:]))
+            self.reduced = True
         total = {c: float(t) for c, t in self.total.items()}
         return {c: float(self.inside[c]) / t if t > 0 else float("nan") for c, t in total.items()}
 
@@ -106,17 +112,17 @@ def accumulate(split, classes, *, device, batch_size=500, transform=None, energy
     wanted = torch.zeros(num_classes, dtype=torch.bool)
     wanted[list(classes)] = True
     keep = wanted[split.y.cpu()].nonzero().flatten()
-    gen = make_generator(device, seed)
     placed = loader.place(split, device)
-    for x, y, _ in loader.batches(placed, batch_size, device, order=keep):
+    # several processes take whole batches each (with the batch's own generator) and merge
+    for k, x, y in loader.dealt(placed, batch_size, device, order=keep):
         if transform is not None:
-            x, origin = transform(x, y, gen)
+            x, origin = transform(x, y, batch_generator(device, seed, k))
             if energy is not None and origin is not None:
                 energy.update(x - origin, y)
         acc.update(x.flatten(1).float(), y)
         if progress is not None:
             progress.update(task, advance=y.shape[0])
-    return acc.finalize()
+    return acc.all_reduce().finalize()
 
 
 def attacked(model, spec, cvae=None):

@@ -54,6 +54,7 @@ class Study:
     compile: bool | None = None  # torch.compile the classifiers (None: the device's default)
     autoattack: bool | None = None  # AutoAttack rows (None: when pyautoattack is installed)
     audit: bool = True  # the audit of every trained model
+    sync_bn: bool = False  # BatchNorm statistics over the whole batch with several processes
     timings: dict = field(default_factory=dict)
     spectra_test: object = None
 
@@ -111,7 +112,7 @@ class Study:
             cvae, _ = checkpoint.load_model(self.ensure_trained("cvae", ds), kind="cvae", device=self.device)
         out, t0 = self.path(mode), time.perf_counter()
         if training.ensure_trained(self.config(mode, ds), ds, device=self.device, out=out, cvae=cvae,
-                                   compile=None if mode == "cvae" else self.compile):
+                                   compile=None if mode == "cvae" else self.compile, sync_bn=self.sync_bn):
             self.timings[f"train:{mode}"] = round(time.perf_counter() - t0, 1)
         return out
 
@@ -137,7 +138,8 @@ class Study:
         # keys keep their old form where nothing new applies, so older caches stay valid: the
         # precision when not fp32, and the CVAE's digest for latent attacks (a replaced CVAE
         # must not reuse rows)
-        extra = [] if self.precision == "fp32" else [{"precision": self.precision}]
+        # evaluation 2: each batch draws from a generator of its own (distributed.py)
+        extra = [{"evaluation": 2}] + ([] if self.precision == "fp32" else [{"precision": self.precision}])
         if spec.space == "latent":
             extra.append({"cvae": checkpoint.digest(self.ensure_trained("cvae", ds))})
         key = json.dumps([ck.name, checkpoint.digest(ck), spec.as_dict(), len(ds.test), self.seed, *extra],

@@ -17,20 +17,21 @@ finished epoch left off (at most the epoch in progress is lost).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from . import accel, checkpoint, console, loader, models, outputs
-from .attacks import KINDS, AttackSpec, perturb, spec_for, with_overrides
+from . import accel, checkpoint, console, distributed, loader, models, outputs
+from .attacks import KINDS, AttackSpec, spec_for
 from .config import Schedule, defaults
 from .data import Dataset, Split
 from .errors import CheckpointError, TrainingError, UsageError
-from .evaluate import clean_accuracy, make_generator
+from .evaluate import make_generator
+from .objectives import ClassifierObjective, CVAEObjective, Elbo, cvae_test_metrics  # noqa: F401  (API)
 from .runtime import versions
 
 MODES: dict[str, tuple[str, ...]] = {
@@ -197,74 +198,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1)
 
 
-class ClassifierObjective:
-    kind = "classifier"
-
-    def __init__(self, cfg: TrainConfig, cvae=None):
-        self.cfg, self.specs, self.cvae = cfg, cfg.specs(), cvae
-
-    def warm(self, spec: AttackSpec, epoch: float) -> AttackSpec:
-        """`spec` with eps and step scaled by the warm-up ramp at (fractional) `epoch`."""
-        w = self.cfg.eps_warmup
-        if w <= 0 or spec.space != "input":
-            return spec
-        scale = min(1.0, max(epoch - self.cfg.adv_start, 0.0) / w)
-        return with_overrides(spec, eps=spec.eps * scale, step_size=spec.step_size * scale)
-
-    def loss(self, model, x, y, epoch, gen, progress: float = 1.0):
-        """(loss, correct): `correct` counts right predictions on the training examples (averaged
-        over the attacks), a device tensor, so that the loop need not wait for the device."""
-        if not self.specs or epoch < self.cfg.adv_start:
-            logits = model(x)
-            return F.cross_entropy(logits, y), (logits.argmax(1) == y).sum()
-        losses, correct = [], 0
-        for spec in self.specs:
-            x_adv = perturb(model, x, y, self.warm(spec, epoch + progress), cvae=self.cvae, generator=gen)
-            logits = model(x_adv)
-            losses.append(F.cross_entropy(logits, y, reduction="none"))
-            correct = correct + (logits.argmax(1) == y).sum()
-        stacked = torch.stack(losses)
-        per_sample = stacked.mean(0) if self.cfg.strategy == "avg" else stacked.max(0).values
-        loss = per_sample.mean()
-        w = self.cfg.clean_weight
-        if w > 0:
-            loss = (1 - w) * loss + w * F.cross_entropy(model(x), y)
-        return loss, correct.double() / len(self.specs)
-
-    def evaluate(self, model, test: Split, device) -> dict:
-        return {"clean_accuracy": clean_accuracy(model, test, device=device)}
-
-
-class CVAEObjective:
-    kind = "cvae"
-
-    def loss(self, model, x, y, epoch, gen, progress: float = 1.0):
-        nelbo, _ = model.negative_elbo(x, y, generator=gen)
-        return nelbo.mean(), None
-
-    def evaluate(self, model, test: Split, device) -> dict:
-        return cvae_test_metrics(model, test, device)
-
-
-def cvae_test_metrics(model, test: Split, device, batch_size: int = 1000) -> dict:
-    """Test -ELBO (nats per image) and mean-reconstruction squared error per pixel."""
-    was = model.training
-    model.eval()
-    gen = make_generator(device, 0)
-    tot_nelbo = torch.zeros((), dtype=torch.float64, device=device)
-    tot_sq = torch.zeros((), dtype=torch.float64, device=device)
-    n = len(test)
-    with torch.no_grad():
-        for x, y, _ in loader.batches(test, batch_size, device):
-            nelbo, _ = model.negative_elbo(x, y, generator=gen)
-            rec = model.decode_mean(model.encode_mean(x, y), y)
-            tot_nelbo += nelbo.sum().double()
-            tot_sq += (rec - x).pow(2).sum().double()
-    model.train(was)
-    dim = test.x[0].numel()
-    return {"test_nelbo": float(tot_nelbo) / n, "test_recon_mse": float(tot_sq) / (n * dim)}
-
-
 def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, history: list, metrics: dict,
           model_kwargs: dict) -> dict:
     meta = {
@@ -305,7 +238,8 @@ def mismatched(old_hparams: dict, cfg: TrainConfig) -> list[str]:
     return stale + [k for k in _UNRECORDED_OK if old_hparams.get(k) not in (None, new[k])]
 
 
-def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None, compile: bool | None = None) -> bool:
+def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None, compile: bool | None = None,
+                   sync_bn: bool = False) -> bool:
     """`out` trained per `cfg`: kept when complete with these settings, resumed when half-trained,
     trained when missing; a checkpoint made with other settings is refused. True if it trained."""
     out = Path(out)
@@ -318,37 +252,48 @@ def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None
         if meta.get("complete"):
             return False
     console.log(f"training {cfg.mode} ({cfg.model}, {len(dataset.train)} examples) -> {out}")
-    train(cfg, dataset, device=device, out=out, resume=out.exists(), cvae=cvae, compile=compile)
+    train(cfg, dataset, device=device, out=out, resume=out.exists(), cvae=cvae, compile=compile, sync_bn=sync_bn)
     return True
 
 
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
-          cvae=None, compile: bool | None = None) -> dict:
+          cvae=None, compile: bool | None = None, sync_bn: bool = False) -> dict:
     """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata.
 
-    compile: torch.compile the classifier (None: the device's default, see accel.py)."""
+    compile: torch.compile the classifier (None: the device's default, see accel.py).
+    With several processes (distributed.py) the outer loss goes through DistributedDataParallel
+    and the attacks through the bare model; sync_bn: BatchNorm statistics over the global batch."""
     out = check_out(out, resume=resume, force=force)
     device = torch.device(device)
+    world = distributed.world()
     objective = CVAEObjective() if cfg.mode == "cvae" else ClassifierObjective(cfg, cvae)
     if needs_cvae(cfg.mode) and cvae is None:
         raise UsageError(f"mode {cfg.mode} needs a CVAE (--cvae)")
     if objective.kind == "cvae" and compile:
         raise UsageError("--compile applies to classifiers; mode cvae trains the CVAE eagerly")
-    compiled = objective.kind == "classifier" and accel.resolve_compile(compile, device, "train")
+    if world > 1 and compile:
+        raise UsageError("--compile is not supported with several processes (torchrun) yet")
+    if cfg.batch_size < world:
+        raise UsageError(f"--batch-size {cfg.batch_size} is smaller than the {world} processes it is split over")
+    compiled = objective.kind == "classifier" and world == 1 and accel.resolve_compile(compile, device, "train")
     torch.manual_seed(cfg.seed)
     model = models.create(cfg.model, in_shape=dataset.shape, num_classes=dataset.num_classes,
                           mean=dataset.mean, std=dataset.std, **cfg.model_kwargs).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history = 0, []
+    start, history, finished, ck = 0, [], None, None
     if out.exists() and resume:
         ck = checkpoint.load(out, kind=objective.kind)
         mismatch = mismatched(ck.meta.get("hparams", {}), cfg)
         if mismatch:
             raise CheckpointError(f"{out} was trained with different settings ({', '.join(mismatch)}); "
                                   f"use another --out, or drop --resume and pass --force to start over")
-        if ck.meta.get("complete"):
-            console.log(f"{out}: already trained ({ck.meta['epoch']} epochs), nothing to do")
-            return ck.meta
+        finished = ck.meta if ck.meta.get("complete") else None
+    if world > 1:
+        _same_start_everywhere(out, int(ck.meta["epoch"]) if ck is not None else 0, device)
+    if finished is not None:
+        console.log(f"{out}: already trained ({finished['epoch']} epochs), nothing to do")
+        return finished
+    if ck is not None:
         try:
             model.load_state_dict(ck.state_dict())
             opt_state = ck.optimizer_state()
@@ -363,6 +308,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     net = model
     if objective.kind == "classifier":
         net = accel.prepare(model, precision=cfg.precision, compile=compiled, device=device)
+    outer = _outer(model, objective, device, sync_bn) if world > 1 else None
     train_split, test_split = loader.place(dataset.train, device), loader.place(dataset.test, device)
     meta = None
     with console.progress() as bar:
@@ -375,7 +321,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
                     f"nothing of {out} is saved yet")
             with console.doing(f"in epoch {epoch + 1}/{cfg.epochs} of training {out}", kept):
                 train_loss, train_accuracy = train_epoch(net, opt, objective, train_split, cfg, epoch, device,
-                                                         bar=bar, task=task)
+                                                         outer=outer, bar=bar, task=task)
             bar.remove_task(task)
             if not (math.isfinite(train_loss) and all_finite(model)):
                 last = f"epoch {epoch} in {out} is the last finite checkpoint" if epoch else "nothing was saved"
@@ -389,7 +335,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
                 record["train_accuracy"] = train_accuracy
             history.append(record)
             meta = _meta(cfg, dataset, objective.kind, epoch + 1, history, metrics, cfg.model_kwargs)
-            meta.update(accel.record(cfg.precision, compiled))
+            meta.update(accel.record(cfg.precision, compiled), world_size=world, sync_bn=bool(sync_bn and world > 1))
             with console.doing(f"while saving epoch {epoch + 1} to {out}",
                                f"{out} holds epoch {epoch} or {epoch + 1}, whole; rerun with --resume"):
                 checkpoint.save(out, model, meta, opt)
@@ -401,11 +347,42 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     return meta
 
 
-def train_epoch(net, opt, objective, split: Split, cfg: TrainConfig, epoch: int, device, *, bar=None, task=None,
-                max_batches: int | None = None) -> tuple[float, float | None]:
+def _same_start_everywhere(out: Path, epoch: int, device) -> None:
+    """Every process resumes from the same epoch (each reads `out` itself: on several machines it
+    must be on a file system they share)."""
+    mine = torch.tensor([epoch], dtype=torch.int64, device=device)
+    seen = [int(t) for t in distributed.all_gather(mine)]
+    if len(set(seen)) > 1:
+        raise CheckpointError(f"the processes of this run found {out} at different epochs ({', '.join(map(str, seen))} "
+                              f"by rank); with several machines --out must be on a file system they all share")
+
+
+def _outer(model, objective, device, sync_bn: bool):
+    """The module the outer loss goes through with several processes: DistributedDataParallel
+    around the model (the CVAE: around its -ELBO), without the buffer broadcast of every forward
+    (BatchNorm's running statistics are the same on every rank, or synchronised with sync_bn)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        console.log("BatchNorm statistics come from each process's part of the batch: results differ from one "
+                    "process's (--sync-bn computes them over the whole batch)")
+    inner = Elbo(model) if objective.kind == "cvae" else model
+    ids = [device.index] if device.type == "cuda" else None
+    # torch >= 2.13 names the per-forward broadcast forward_sync_buffers
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(inner, device_ids=ids, **no_sync)
+
+
+def train_epoch(net, opt, objective, split: Split, cfg: TrainConfig, epoch: int, device, *, outer=None, bar=None,
+                task=None, max_batches: int | None = None) -> tuple[float, float | None]:
     """One epoch of `objective` over the placed `split`: (mean training loss, accuracy on the
     training examples, None for the CVAE). The data order, augmentation draws and attack random
-    starts come from generators seeded with (seed, epoch). max_batches: stop early (benchmarks)."""
+    starts come from generators seeded with (seed, epoch). With several processes each takes its
+    part of every batch (loader.parts) and the sums add up at the end. max_batches: stop early
+    (benchmarks)."""
     gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
     attack_gen = make_generator(device, epoch_seed(cfg.seed, epoch) + 1)
     n = len(split)
@@ -419,19 +396,21 @@ def train_epoch(net, opt, objective, split: Split, cfg: TrainConfig, epoch: int,
     # running sums stay on the device: the loop never waits for it (see StatusClock)
     tot_loss = torch.zeros((), dtype=torch.float64, device=device)
     tot_correct = torch.zeros((), dtype=torch.float64, device=device)
-    done = 0
-    for x, y, done in loader.batches(split, cfg.batch_size, device, order=order, crops=crops):
+    done, world = 0, distributed.world()
+    for x, y, done, shard in loader.parts(split, cfg.batch_size, device, order=order, crops=crops):
         accel.mark_step(net)
-        loss, correct = objective.loss(net, x, y, epoch, attack_gen, progress=done / n)
+        loss, correct = objective.loss(net, x, y, epoch, attack_gen, progress=done / n, outer=outer,
+                                       shard=shard if world > 1 else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        tot_loss += loss.detach().double() * y.shape[0]
+        tot_loss += loss.detach().double() * (shard[1] / world)  # this process's sum of losses
         if correct is not None:
             tot_correct += correct
         if bar is not None:
-            bar.update(task, advance=y.shape[0])
+            bar.update(task, advance=shard[1])
             if clock.due():
-                bar.update(task, status=f"loss {float(tot_loss) / done:.4f}")
+                bar.update(task, status=f"loss {float(tot_loss) * world / done:.4f}")
+    tot = distributed.all_reduce_(torch.stack([tot_loss, tot_correct]))
     done = max(done, 1)
-    return float(tot_loss) / done, (float(tot_correct) / done if objective.kind == "classifier" else None)
+    return float(tot[0]) / done, (float(tot[1]) / done if objective.kind == "classifier" else None)

@@ -11,6 +11,7 @@ from manifoldadv.attacks import make_spec, perturb, spec_for
 from manifoldadv.audit import Auditor, audit
 from manifoldadv.data import load_dataset
 from manifoldadv.errors import UsageError
+from manifoldadv.evaluate import batch_generator
 
 from helpers import assert_error, cli, cli_json
 
@@ -111,10 +112,10 @@ def test_worst_case_is_the_union_of_its_parts_per_example(trained):
     names = ["fgsm", "pgd", "l2"]
     spec = spec_for("worst:" + ",".join(names), "synthetic", budgets={"linf": 0.09, "l2": 1.5}, steps=3)
 
-    def fooled_of(s, batches):  # the evaluation's way: one generator over consecutive batches
-        g, rec, out = torch.Generator().manual_seed(3), {}, []
-        for sl in batches:
-            xa = perturb(model, x[sl], y[sl], s, generator=g, record=rec)
+    def fooled_of(s, batches):  # the evaluation's way: each batch with a generator of its own
+        out = []
+        for k, sl in enumerate(batches):
+            xa = perturb(model, x[sl], y[sl], s, generator=batch_generator("cpu", 3, k), record={})
             with torch.no_grad():
                 out.append(model(xa).argmax(1) != y[sl])
         return torch.cat(out)

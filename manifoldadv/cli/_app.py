@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import ClickException as CliError
 
 from .. import console
+from ..distributed import PeerLost, stop
 from ..errors import ManifoldError
 
 DEBUG_ENV = "MANIFOLDADV_DEBUG"
@@ -30,6 +31,10 @@ class Interrupted(ManifoldError):
     exit_code = 130
 
 
+class RunBroken(ManifoldError):
+    """Another process of a torchrun run stopped; this one stops too, saying what is kept."""
+
+
 class ManifoldGroup(typer.core.TyperGroup):
     """Runs the command non-standalone so every failure becomes one `error: ...` line."""
 
@@ -37,6 +42,9 @@ class ManifoldGroup(typer.core.TyperGroup):
         # typer would turn the interrupt into a silent exit 130; say what was interrupted instead
         try:
             return super().invoke(ctx)
+        except PeerLost as exc:  # torchrun stopped this rank because another one died
+            raise RunBroken(f"another process of this run stopped ({str(exc) or 'SIGTERM'}); "
+                            f"{console.interrupted_line(exc)}") from None
         except KeyboardInterrupt as exc:
             raise Interrupted(console.interrupted_line(exc)) from None
 
@@ -72,6 +80,8 @@ class ManifoldGroup(typer.core.TyperGroup):
             if debug:
                 raise
             code = _fail(f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for the traceback)", 1)
+        finally:
+            stop()
         if standalone_mode:
             sys.exit(code)
         return code

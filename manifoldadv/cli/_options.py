@@ -55,6 +55,8 @@ Compile = Annotated[
 ]
 
 
+SyncBN = Annotated[bool, typer.Option("--sync-bn", help="With several processes (torchrun), BatchNorm statistics over the whole batch rather than each process's part.")]
+
 # ------------------------------------------------------------------ options every command shares
 
 # name -> (annotated type, default), in the order `--help` lists them after a command's own
@@ -73,13 +75,17 @@ class Run:
         self.__dict__.update(options)
 
     def start(self):
-        """Apply --quiet and --seed and resolve --device; returns the torch device."""
-        from ..console import set_quiet
+        """Apply --quiet and --seed, resolve --device and, under torchrun, join the process group
+        (this rank's device); returns the torch device."""
+        from .. import distributed
+        from ..console import only_rank_zero_speaks, set_quiet
         from ..runtime import resolve_device, seed_everything
 
         set_quiet(self.quiet)
         seed_everything(self.seed)
-        return resolve_device(getattr(self.device, "value", self.device))
+        device = distributed.start(resolve_device(getattr(self.device, "value", self.device)))
+        only_rank_zero_speaks(distributed.is_main())
+        return device
 
 
 def shared(*groups: dict):

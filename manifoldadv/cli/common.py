@@ -31,3 +31,13 @@ def checkpoints_dataset(paths) -> tuple[str, list[dict]]:
     if len(names) > 1:
         raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(names))}")
     return (names.pop() if names else None), metas
+
+
+def study(run, data: str, run_dir: Path, *, strategy, **options):
+    """(Study, its data subset) for `reproduce` and `tradeoff`: the run's device (joining a
+    torchrun group), seed and precision, the study's own options."""
+    from ..study import Study
+
+    s = Study(data, run_dir, run.start(), seed=run.seed, strategy=strategy.value, precision=run.precision.value,
+              compile=run.compile, **options)
+    return s, s.subset(dataset(data, run.data_root, run.limit, run.download))

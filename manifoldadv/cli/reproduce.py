@@ -8,10 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from .. import console, reproduce as study_run
-from ..study import Study
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, Run, shared
-from .common import dataset as load_data
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, SyncBN, Data, DataName, Run, shared
+from . import common
 from .train import Strategy
 
 
@@ -27,15 +26,13 @@ def reproduce(
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
     autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows of Tables 1 and 2 (default: when pyautoattack is installed; quick runs use the first 100 test examples).")] = None,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Audit every trained model (see `manifoldadv audit`) into the report.")] = True,
+    sync_bn: SyncBN = False,
 ) -> None:
     """Train every model of the study, run the attack matrix, spectra, trade-offs and theory checks,
     and write report.md, results.json and figures into the run directory (re-runs resume)."""
-    dev = run.start()
     run_dir = run_dir or Path("runs") / data.value
-    study = Study(data.value, run_dir, dev, seed=run.seed, quick=quick, strategy=strategy.value,
-                  train_steps=train_steps, precision=run.precision.value, compile=run.compile,
-                  autoattack=autoattack, audit=audit)
-    ds = study.subset(load_data(data.value, run.data_root, run.limit, run.download))
+    study, ds = common.study(run, data.value, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
+                             autoattack=autoattack, audit=audit, sync_bn=sync_bn)
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
                            "rerun the same command to continue"):
         results = study_run.run(study, ds, theory=theory)

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import console, outputs
+from .. import console, distributed, outputs
 from .. import theory as T
 from ..errors import UsageError
 from ..theory import reports as R
@@ -103,6 +103,8 @@ def command(name: str | None = None, *, q: int = 2):
 
         def run(**kw):
             console.set_quiet(kw.pop("quiet"))
+            if distributed.launched():  # nothing to split: closed forms and float64 numpy
+                raise UsageError("theory runs in one process: run it without torchrun")
             if kw.pop("device") == Device.cuda:
                 raise UsageError("theory runs in float64 numpy on the CPU: --device cuda is not supported (auto or cpu)")
             fn(Inputs(**{k: kw.pop(k) for k in COMMON if k in kw}), **kw)

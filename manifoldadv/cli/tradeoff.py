@@ -9,10 +9,9 @@ import typer
 from rich.table import Table
 
 from .. import console, report
-from ..study import Study
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, Run, shared
-from .common import dataset as load_data
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, SyncBN, Data, DataName, Run, shared
+from . import common
 from .train import Strategy
 
 
@@ -55,13 +54,11 @@ def tradeoff(
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets (smoke run).")] = False,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
     autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows (default: when pyautoattack is installed; quick runs use the first 100 test examples).")] = None,
+    sync_bn: SyncBN = False,
 ) -> None:
     """l1-adv / l-inf-adv / joint-lp and PGD-adv / VAE-adv / joint under their attacks, and the trade-off."""
-    dev = run.start()
-    study = Study(data.value, run_dir, dev, seed=run.seed, quick=quick, strategy=strategy.value,
-                  train_steps=train_steps, precision=run.precision.value, compile=run.compile,
-                  autoattack=autoattack, audit=False)
-    ds = study.subset(load_data(data.value, run.data_root, run.limit, run.download))
+    study, ds = common.study(run, data.value, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
+                             autoattack=autoattack, audit=False, sync_bn=sync_bn)
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
                            "rerun the same command to continue"):
         trade = study.tradeoff(ds)

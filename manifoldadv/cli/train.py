@@ -10,7 +10,7 @@ import typer
 
 from .. import checkpoint, console, outputs, training
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, Run, shared
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, SyncBN, Data, DataName, Run, shared
 from .common import dataset as load_data, load_cvae
 
 Mode = Enum("Mode", {m: m for m in training.MODES}, type=str)
@@ -66,6 +66,7 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Checkpoint path (default runs/<data>-<mode>.safetensors).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint at --out.")] = False,
+    sync_bn: SyncBN = False,
 ) -> None:
     """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
     dev = run.start()
@@ -89,7 +90,8 @@ def train(
         cfg.cvae, cfg.cvae_sha256 = str(cvae_path), checkpoint.digest(cvae_path)
     console.log(f"training {cfg.model} on {data_name} ({len(ds.train)} examples), mode {mode_name}, "
                 f"{cfg.epochs} epochs -> {out}")
-    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, compile=run.compile)
+    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, compile=run.compile,
+                          sync_bn=sync_bn)
     summary = {"checkpoint": str(out), **{k: v for k, v in meta.items() if k not in ("optimizer",)}}
     if run.json_out:
         console.emit_json(summary)

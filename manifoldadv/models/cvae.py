@@ -46,11 +46,13 @@ class CVAE(nn.Module):
     def decode_mean(self, z, y):
         return torch.sigmoid(self.decode_logits(z, y))
 
-    def negative_elbo(self, x, y, generator: torch.Generator | None = None):
+    def negative_elbo(self, x, y, generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
         """Per-sample -ELBO in nats: reconstruction (Bernoulli, or Gaussian with fixed sigma around
-        the sigmoid mean) + KL(q(z|x,y) || N(0, I)). Also returns the per-sample squared error."""
+        the sigmoid mean) + KL(q(z|x,y) || N(0, I)). Also returns the per-sample squared error.
+        noise: the reparameterisation's N(0, I) draws (default: from `generator`)."""
         mu, logvar = self.encode(x, y)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = noise if noise is not None else torch.randn(mu.shape, generator=generator, device=mu.device,
+                                                          dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
         logits = self.decode_logits(z, y)
         sq = (torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1)

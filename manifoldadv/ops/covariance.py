@@ -159,6 +159,31 @@ class ClassCovariance:
         else:
             class_cov_update_reference(self._counts, self._means, self._m2, features, labels)
 
+    def all_reduce(self) -> "ClassCovariance":
+        """With several processes, every process's state merged into every process's, by Chan's
+        update in rank order (the merge the kernel does between batches), so the result is the
+        one process's to float64 rounding."""
+        from .. import distributed
+
+        if distributed.world() == 1:
+            return self
+        self.flush()
+        self._m2[self._counts == 0] = 0.0  # unwritten blocks of classes this process never saw
+        counts, means, m2 = (distributed.all_gather(t) for t in (self._counts, self._means, torch.triu(self._m2)))
+        na, ma, ma2 = counts[0].double(), means[0], m2[0]
+        for nb, mb, mb2 in zip(counts[1:], means[1:], m2[1:]):
+            nb = nb.double()
+            n = na + nb
+            delta = mb - ma
+            w = torch.where(n > 0, na * nb / n.clamp_min(1), torch.zeros_like(n))
+            ma2 = ma2 + mb2 + w.view(-1, 1, 1) * delta.unsqueeze(2) * delta.unsqueeze(1)
+            ma = ma + delta * torch.where(n > 0, nb / n.clamp_min(1), torch.zeros_like(n)).unsqueeze(1)
+            na = n
+        self._counts.copy_(na.to(torch.int64))
+        self._means.copy_(ma)
+        self._m2.copy_(torch.triu(ma2))
+        return self
+
     def finalize(self):
         """(counts [C], means [C, d], covariances [C, d, d]) all float64 but counts."""
         self.flush()

@@ -1,0 +1,108 @@
+"""What one training step minimises, per kind of model, and how it is measured on the test set.
+
+`loss(net, outer, x, y, epoch, gen, progress, shard)`: `net` is the bare model (the attacks run
+on it, in eval mode, taking gradients with respect to the input alone), `outer` the module the
+training forward goes through (DistributedDataParallel with several processes, else `net`).
+`shard` = (offset, size) when (x, y) are this process's rows of a global batch of `size`: every
+random draw is made for the whole batch and sliced, and the loss is scaled so that the average
+of the processes' gradients is the gradient of the global batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed, loader
+from .attacks import AttackSpec, perturb, with_overrides
+from .data import Split
+from .evaluate import batch_generator, clean_accuracy
+
+
+def mean(per_sample: torch.Tensor, shard) -> torch.Tensor:
+    """The batch mean one process computes; a process's share of it with several."""
+    if shard is None:
+        return per_sample.mean()
+    return per_sample.sum() * (distributed.world() / shard[1])
+
+
+class ClassifierObjective:
+    kind = "classifier"
+
+    def __init__(self, cfg, cvae=None):
+        self.cfg, self.specs, self.cvae = cfg, cfg.specs(), cvae
+
+    def warm(self, spec: AttackSpec, epoch: float) -> AttackSpec:
+        """`spec` with eps and step scaled by the warm-up ramp at (fractional) `epoch`."""
+        w = self.cfg.eps_warmup
+        if w <= 0 or spec.space != "input":
+            return spec
+        scale = min(1.0, max(epoch - self.cfg.adv_start, 0.0) / w)
+        return with_overrides(spec, eps=spec.eps * scale, step_size=spec.step_size * scale)
+
+    def loss(self, net, x, y, epoch, gen, progress: float = 1.0, *, outer=None, shard=None):
+        """(loss, correct): `correct` counts right predictions on the training examples (averaged
+        over the attacks), a device tensor, so that the loop need not wait for the device."""
+        outer = net if outer is None else outer
+        if not self.specs or epoch < self.cfg.adv_start:
+            logits = outer(x)
+            return mean(F.cross_entropy(logits, y, reduction="none"), shard), (logits.argmax(1) == y).sum()
+        losses, correct = [], 0
+        for spec in self.specs:
+            x_adv = perturb(net, x, y, self.warm(spec, epoch + progress), cvae=self.cvae, generator=gen, shard=shard)
+            logits = outer(x_adv)
+            losses.append(F.cross_entropy(logits, y, reduction="none"))
+            correct = correct + (logits.argmax(1) == y).sum()
+        stacked = torch.stack(losses)
+        per_sample = stacked.mean(0) if self.cfg.strategy == "avg" else stacked.max(0).values
+        loss = mean(per_sample, shard)
+        w = self.cfg.clean_weight
+        if w > 0:
+            loss = (1 - w) * loss + w * mean(F.cross_entropy(outer(x), y, reduction="none"), shard)
+        return loss, correct.double() / len(self.specs)
+
+    def evaluate(self, model, test: Split, device) -> dict:
+        return {"clean_accuracy": clean_accuracy(model, test, device=device)}
+
+
+class Elbo(torch.nn.Module):
+    """The CVAE's per-sample -ELBO as a forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, cvae):
+        super().__init__()
+        self.cvae = cvae
+
+    def forward(self, x, y, noise):
+        return self.cvae.negative_elbo(x, y, noise=noise)[0]
+
+
+class CVAEObjective:
+    kind = "cvae"
+
+    def loss(self, net, x, y, epoch, gen, progress: float = 1.0, *, outer=None, shard=None):
+        rows = shard[1] if shard is not None else len(x)
+        noise = torch.randn((rows, net.latent), generator=gen, device=x.device)
+        if shard is not None:
+            noise = noise[shard[0]:shard[0] + len(x)]
+        nelbo = (outer if outer is not None else Elbo(net))(x, y, noise)
+        return mean(nelbo, shard), None
+
+    def evaluate(self, model, test: Split, device) -> dict:
+        return cvae_test_metrics(model, test, device)
+
+
+def cvae_test_metrics(model, test: Split, device, batch_size: int = 1000, seed: int = 0) -> dict:
+    """Test -ELBO (nats per image) and mean-reconstruction squared error per pixel."""
+    was = model.training
+    model.eval()
+    tot = torch.zeros(2, dtype=torch.float64, device=device)
+    n = len(test)
+    with torch.no_grad():
+        for k, x, y in loader.dealt(loader.place(test, device), batch_size, device):
+            nelbo, _ = model.negative_elbo(x, y, generator=batch_generator(device, seed, k))
+            rec = model.decode_mean(model.encode_mean(x, y), y)
+            tot += torch.stack([nelbo.sum().double(), (rec - x).pow(2).sum().double()])
+    model.train(was)
+    distributed.all_reduce_(tot)
+    dim = test.x[0].numel()
+    return {"test_nelbo": float(tot[0]) / n, "test_recon_mse": float(tot[1]) / (n * dim)}

@@ -1,0 +1,216 @@
+"""Several processes (torchrun, gloo, 2 processes on this CPU) compute what one process computes:
+training weights, attack accuracies and spectra; a killed run resumes; a rank that dies ends the
+run with one clear line and no partial checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from manifoldadv import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each rank runs the CLI; hooks print a marker at the start of each epoch (with the rank and the
+# pid) and, for PAUSE_EPOCH, pause there so that a kill lands inside the epoch.
+RUNNER = textwrap.dedent("""
+    import os, sys, time
+    from manifoldadv import training
+    from manifoldadv.cli import main
+    pause, real = int(os.environ.get("PAUSE_EPOCH", "-1")), training.train_epoch
+
+    def epoch(*a, **k):
+        # one write of a whole line: the ranks share the pipe, and print() writes the newline apart
+        os.write(1, f"EPOCH {a[5]} RANK {os.environ.get('RANK', '0')} PID {os.getpid()}\\n".encode())
+        if a[5] == pause:
+            time.sleep(60)
+        return real(*a, **k)
+
+    training.train_epoch = epoch
+    sys.argv = ["manifoldadv", *sys.argv[1:]]
+    main()
+""")
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    path = tmp_path_factory.mktemp("runner") / "run_manifoldadv.py"
+    path.write_text(RUNNER)
+    return path
+
+
+def torchrun(runner, n, *args, env=None, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", str(runner),
+           *map(str, args)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+                **(env or {})}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT,
+                         start_new_session=True)
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    return out, err
+
+
+def weights(path):
+    return checkpoint.load(path).state_dict()
+
+
+def max_rel(a, b):
+    return max(float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-30)) for k in a)
+
+
+def data_args(kind, mode, mnist_root):
+    if kind == "mnist":
+        if not (mnist_root / "train-images-idx3-ubyte.gz").exists():
+            pytest.skip("real MNIST not found")
+        # PGD: 8 batches. Further on, its sign steps amplify rounding: one process alone, its
+        # initial weights moved by 1e-7, ends 2000 images (16 batches) 3e-2 from where it would have
+        limit = "2000" if mode == "std" else "600"
+        return ["--data", "mnist", "--data-root", mnist_root, "--limit", limit, "--steps", "10"]
+    return ["--data", "synthetic", "--limit", "1000", "--steps", "5"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, runner):
+    d = tmp_path_factory.mktemp("dist")
+    base = ["--data", "synthetic", "--limit", "600", "--device", "cpu", "--epochs", "2"]
+    torchrun(runner, 1, "train", *base, "--mode", "std", "--out", d / "std.safetensors")
+    torchrun(runner, 1, "train", *base, "--mode", "cvae", "--out", d / "cvae.safetensors")
+    return d
+
+
+MNIST = pytest.mark.mnist
+
+
+@pytest.mark.parametrize("kind,mode", [("synthetic", "std"), ("synthetic", "pgd"), ("synthetic", "vae"),
+                                       ("synthetic", "cvae"), pytest.param("mnist", "std", marks=MNIST),
+                                       pytest.param("mnist", "pgd", marks=MNIST)])
+def test_two_processes_train_what_one_trains(tmp_path, runner, mnist_root, models, kind, mode):
+    # batches of 75 split 38 + 37: a rank's loss must count for its share of the batch
+    args = ["train", *data_args(kind, mode, mnist_root), "--mode", mode, "--epochs", "1", "--adv-start", "0",
+            "--batch-size", "75", "--device", "cpu", "--json"]
+    if mode == "vae":  # latent attacks: random latent starts drawn for the global batch
+        args += ["--cvae", models / "cvae.safetensors"]
+    out = {}
+    for n in (1, 2):
+        path = tmp_path / f"{n}.safetensors"
+        stdout, _ = torchrun(runner, n, *args, "--out", path)
+        meta = json.loads(stdout[stdout.index("{"):])  # rank 0 alone prints the document
+        assert meta["world_size"] == n and checkpoint.load(path).meta["world_size"] == n
+        out[n] = (weights(path), meta)
+    # one gradient sum split in two and added: rounding apart, the same training
+    assert max_rel(out[1][0], out[2][0]) <= 1e-5
+    loss = [out[n][1]["history"][0]["train_loss"] for n in (1, 2)]
+    assert loss[1] == pytest.approx(loss[0], rel=1e-6)  # a CVAE's NELBO is in the thousands
+    if mode == "cvae":
+        assert out[1][1]["test_nelbo"] == pytest.approx(out[2][1]["test_nelbo"], rel=1e-6)
+    else:
+        assert out[1][1]["clean_accuracy"] == out[2][1]["clean_accuracy"]
+
+
+def test_attack_and_spectrum_agree_with_one_process(runner, models):
+    std, cvae = models / "std.safetensors", models / "cvae.safetensors"
+    acc, spectra = {}, {}
+    for n in (1, 2):
+        out, _ = torchrun(runner, n, "attack", std, "--attacks", "clean,pgd,l1,vae", "--cvae", cvae, "--limit", "500",
+                          "--steps", "3", "--batch-size", "60", "--device", "cpu", "--json")
+        acc[n] = [(r["attack"], r["accuracy"], r.get("recon_accuracy")) for r in json.loads(out)["results"]]
+        out, _ = torchrun(runner, n, "spectrum", std, "--classes", "0,1,2", "--limit", "1500", "--batch-size", "70",
+                          "--device", "cpu", "--json")
+        spectra[n] = json.loads(out)
+    assert acc[1] == acc[2]  # whole batches dealt to the ranks, each with its own generator
+    for a, b in zip(spectra[1]["sets"], spectra[2]["sets"]):
+        ea, eb = np.array(a["eigenvalues"]), np.array(b["eigenvalues"])
+        assert (a["name"], a["class"]) == (b["name"], b["class"])
+        assert np.abs(ea - eb).max() <= 1e-10 * np.abs(ea).max()
+    # the ranks really split the work: more than one batch per process
+    first = spectra[1]["sets"][0]["name"]
+    assert sum(s["n"] for s in spectra[1]["sets"] if s["name"] == first) > 2 * 70
+
+
+def wait_for(proc, marker, timeout=120):
+    t0 = time.monotonic()
+    for line in proc.stdout:
+        if line.startswith(marker):
+            return line.split()
+        if time.monotonic() - t0 > timeout:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"never saw {marker!r}: {proc.stderr.read()[-3000:]}")
+
+
+ARGS = ["train", "--data", "synthetic", "--mode", "pgd", "--limit", "512", "--batch-size", "64", "--epochs", "3",
+        "--adv-start", "1", "--steps", "2", "--device", "cpu"]
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, runner):
+    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
+    torchrun(runner, 2, *ARGS, "--out", full)
+    p = torchrun(runner, 2, *ARGS, "--out", part, env={"PAUSE_EPOCH": "2"}, wait=False)
+    wait_for(p, "EPOCH 2")
+    os.killpg(p.pid, signal.SIGKILL)  # the launcher and both ranks, in the middle of epoch 3
+    p.wait()
+    assert checkpoint.load(part).meta["epoch"] == 2
+    torchrun(runner, 2, *ARGS, "--out", part, "--resume")
+    a, b = weights(full), weights(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_rank_that_dies_ends_the_run_with_one_line(tmp_path, runner):
+    out = tmp_path / "m.safetensors"
+    p = torchrun(runner, 2, *ARGS, "--out", out, env={"PAUSE_EPOCH": "1"}, wait=False)
+    seen = {}
+    while len(seen) < 2:  # both ranks inside epoch 2 (0-based 1), epoch 1 saved
+        words = wait_for(p, "EPOCH 1")
+        seen[words[3]] = int(words[5])
+    t0 = time.monotonic()
+    os.kill(seen["1"], signal.SIGKILL)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and time.monotonic() - t0 < 90
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert lines == [f"error: another process of this run stopped (SIGTERM); interrupted in epoch 2/3 of training "
+                     f"{out}; epoch 1 is saved in {out}; rerun with --resume to continue from it"], err[-3000:]
+    assert checkpoint.load(out).meta["epoch"] == 1 and not list(tmp_path.glob(".*.tmp"))
+
+
+def _resume_from(rank, init, epochs, results):
+    import torch.distributed as dist
+
+    from manifoldadv import training
+    from manifoldadv.errors import CheckpointError
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        training._same_start_everywhere(Path("m.safetensors"), epochs[rank], torch.device("cpu"))
+        results.put((rank, "ok"))
+    except CheckpointError as exc:
+        results.put((rank, str(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("epochs", [(2, 2), (2, 0)])
+def test_processes_that_see_different_checkpoints_refuse_to_resume(tmp_path, epochs):
+    # a second machine without the first one's file system would start over while rank 0 resumes
+    ctx = torch.multiprocessing.get_context("spawn")
+    results = ctx.SimpleQueue()
+    torch.multiprocessing.start_processes(_resume_from, args=(f"file://{tmp_path / 'rdzv'}", epochs, results),
+                                          nprocs=2, start_method="spawn")
+    got = dict(results.get() for _ in range(2))
+    if epochs[0] == epochs[1]:
+        assert got == {0: "ok", 1: "ok"}
+    else:
+        assert got[0] == got[1] and "different epochs (2, 0 by rank)" in got[0] and "share" in got[0]
