@@ -1,6 +1,6 @@
 """The GPU check: one command for a lent CUDA machine (`make gpu-check`), or `--dry-run` on CPU.
 
-    python3 bench/gpu_check.py [--dry-run] [--budget-s 420] [--only build,tests,suite,kernels,train]
+    python3 bench/gpu_check.py [--dry-run] [--budget-s 420] [--only build,tests,suite,kernels,dist,train]
 
 Sections, in order, each skipped with a note once the time budget is spent:
   build    the extension against this python's torch, for this GPU's architecture
@@ -9,6 +9,9 @@ Sections, in order, each skipped with a note once the time budget is spent:
   kernels  pgd_step (linf, l2, l1) against a device-to-device copy moving the same bytes
            (>= 100 MB per tensor); class_cov at d = 784 and 3072 (60k rows, 10 classes)
            against torch float64 X.T @ X per class
+  dist     torchrun: one PGD-10 training epoch with 1 and with 2 processes (NCCL with a GPU each;
+           with one GPU, gloo and both on it: the CUDA path of distributed.py, not NCCL),
+           wall times and how far apart the two models end
   train    one PGD-10 adversarial-training epoch of ResNet32 on 50k generated CIFAR-format
            images and one PGD-40 epoch of LeNet5 on 60k MNIST-shaped images: the training loop
            (fp32 eager, bf16 + compile, ...) and the loop it replaced (bench/legacy_loop.py)
@@ -34,8 +37,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("build", "tests", "suite", "kernels", "train", "steps")
-DEFAULT_SECTIONS = ("build", "tests", "suite", "kernels", "train")
+SECTIONS = ("build", "tests", "suite", "kernels", "dist", "train", "steps")
+DEFAULT_SECTIONS = ("build", "tests", "suite", "kernels", "dist", "train")
 
 
 class Budget:
@@ -302,6 +305,44 @@ def bench_train(torch, dev, budget, *, dry_run, save) -> list:
     return rows
 
 
+def bench_dist(torch, dev, budget, outdir, *, dry_run) -> list:
+    """`manifoldadv train` (synthetic MNIST-shaped data, LeNet5, PGD-10, one epoch) under torchrun
+    with 1 and 2 processes; the same global batch, so the two models should end close."""
+    from manifoldadv import checkpoint
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    backend = "nccl" if dev.type == "cuda" and torch.cuda.device_count() >= 2 else "gloo"
+    env["MANIFOLDADV_DIST_BACKEND"] = backend
+    limit = "600" if dry_run else "20000"
+    rows, weights = [], {}
+    for n in (1, 2):
+        if budget.left() < 40:
+            rows.append({"processes": n, "skipped": f"budget ({budget.left():.0f} s left)"})
+            continue
+        out = outdir / f"dist-{n}.safetensors"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m",
+               "manifoldadv", "train", "--data", "synthetic", "--mode", "pgd", "--steps", "10", "--epochs", "1",
+               "--adv-start", "0", "--limit", limit, "--device", dev.type, "--no-compile", "--json", "--out", str(out)]
+        r = sh(cmd, timeout=min(budget.left() - 20, 180), env=env, log=outdir / f"dist-{n}.log")
+        row = {"processes": n, "backend": backend if n > 1 else None, "rc": r["rc"], "wall_s": r["seconds"]}
+        if r["rc"] == 0 and out.exists():
+            meta = checkpoint.load(out).meta
+            row.update(epoch_s=meta["history"][0]["seconds"], world_size=meta.get("world_size"),
+                       clean_accuracy=meta.get("clean_accuracy"))
+            weights[n] = checkpoint.load(out).state_dict()
+        else:
+            row["error"] = last_line(r["tail"])
+        rows.append(row)
+        say(f"dist {n} process(es): rc {r['rc']}, {row.get('epoch_s', '-')} s/epoch, {r['seconds']} s wall")
+    # a sanity figure, not a pass mark: PGD's sign steps amplify rounding (here, one process with
+    # 1 vs 2 threads ends this epoch 2.5e-2 apart on the CPU; CUDA adds nondeterministic sums)
+    if len(weights) == 2:
+        a, b = weights[1], weights[2]
+        rows[-1]["max_rel_weight_diff"] = max(float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-30)) for k in a)
+    return rows
+
+
 def sync(torch):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -387,6 +428,11 @@ def table(res) -> str:
             vs = f"  x{r['window_images_per_s'] / base[r['model']]:.2f} the old loop over its {OLD_LOOP_BATCHES} batches"
         warm = f"  (warm-up {r['warmup_s']:.1f} s)" if "warmup_s" in r else ""
         lines.append(f"{what}  {r['epoch_s']:7.1f} s/epoch  {r['images_per_s']:8.0f} images/s{vs}{warm}")
+    for r in res.get("dist", []):
+        what = r.get("skipped") or r.get("error") or (f"{r['epoch_s']:.1f} s/epoch ({r['wall_s']:.0f} s wall)"
+                                                      + (f", weights {r['max_rel_weight_diff']:.1e} rel from 1 process"
+                                                         if "max_rel_weight_diff" in r else ""))
+        lines.append(f"  dist  {r['processes']} process(es) {r.get('backend') or '':5s} {what}")
     for r in res.get("steps", []):
         what = r.get("error") or r.get("skipped") or (f"{r['ms']:.3f} ms/step (first {r['first_call_s']:.1f} s, "
                                                       f"zero grads {r['zero_grad_fraction']:.4f})")
@@ -473,8 +519,12 @@ def main(argv=None) -> int:
     if want("suite", 30):
         say("the rest of the suite (CLI commands run on the GPU: their --device default is auto)")
         workers = ["-n", str(max(1, min(12, (os.cpu_count() or 2) - 2)))] if importlib.util.find_spec("xdist") else []
+        # two workers died ("node down", cause unknown) in the H200 run of 8eba131; a guess is 12
+        # workers' inductor compile pools crowding the machine, so one compile thread each; -v
+        # names the test a dying worker was running
+        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
         res["suite"] = sh([sys.executable, "-m", "pytest", "-v", "-m", "not cuda", "-p", "no:cacheprovider",
-                           *workers, "tests"], timeout=min(budget.left() - 20, 110), log=outdir / "suite.log")
+                           *workers, "tests"], timeout=min(budget.left() - 20, 140), env=env, log=outdir / "suite.log")
         say(f"suite rc {res['suite']['rc']}: {last_line(res['suite']['tail'])}")
         save(res)
     try:
@@ -483,6 +533,10 @@ def main(argv=None) -> int:
             res["pgd_step"] = bench_pgd(torch, ops, dev, shapes, reps=3 if a.dry_run else 20)
             res["class_cov"] = bench_cov(torch, ops, dev, [64] if a.dry_run else [784, 3072],
                                          600 if a.dry_run else 60_000, reps=2 if a.dry_run else 5)
+            save(res)
+        if want("dist", 45):
+            say("torchrun: 1 and 2 processes")
+            res["dist"] = bench_dist(torch, dev, budget, outdir, dry_run=a.dry_run)
             save(res)
         if want("train", 30):
             res["train"] = bench_train(torch, dev, budget, dry_run=a.dry_run,
@@ -497,7 +551,8 @@ def main(argv=None) -> int:
     res["seconds"] = time.monotonic() - t_start
     save(res)
     print(table(res))
-    failed = any(res.get(k, {}).get("rc", 0) != 0 for k in ("build", "tests", "suite")) or "error" in res
+    failed = (any(res.get(k, {}).get("rc", 0) != 0 for k in ("build", "tests", "suite")) or "error" in res
+              or any(r.get("rc", 0) != 0 for r in res.get("dist", [])))
     return 1 if failed else 0
 
 

@@ -1,5 +1,6 @@
 """Several processes (`torchrun --nproc-per-node N -m manifoldadv ...`): one process group,
-NCCL on CUDA and gloo on CPU, ranks on the GPU of their LOCAL_RANK. A plain run is a group of one.
+NCCL on CUDA and gloo on CPU, ranks on the GPU of their LOCAL_RANK (with gloo asked for on CUDA,
+processes may share GPUs: bench/gpu_check.py runs 2 on one). A plain run is a group of one.
 
 The rules that make N processes compute what one computes:
 - training splits each global batch of the one seeded order over the ranks (`part_of`); every
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from .errors import ManifoldError
 
 TIMEOUT_ENV = "MANIFOLDADV_DIST_TIMEOUT"  # seconds a collective waits for a silent peer (default 300)
+BACKEND_ENV = "MANIFOLDADV_DIST_BACKEND"  # nccl or gloo (default: nccl on CUDA, gloo on CPU)
 
 
 class PeerLost(KeyboardInterrupt):
@@ -60,12 +62,19 @@ def start(device: torch.device) -> torch.device:
     if not launched() or active():
         return device
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if device.type == "cuda" else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise DistributedError(f"{BACKEND_ENV}={backend}: choose nccl or gloo")
     if device.type == "cuda":
-        device = torch.device("cuda", local)
+        count = torch.cuda.device_count()
+        if local >= count and backend == "nccl":  # NCCL takes one GPU per process
+            raise DistributedError(f"process {local} of this machine has no GPU of its own ({count} visible): "
+                                   f"run at most {count} per machine (or set {BACKEND_ENV}=gloo to share them)")
+        device = torch.device("cuda", local % count)
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "300")))
     try:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        dist.init_process_group(backend, timeout=timeout)
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(f"cannot join the process group: {str(exc).splitlines()[0]}") from None
     signal.signal(signal.SIGTERM, _peer_stopped)  # torchrun's answer to a rank that died
@@ -109,6 +118,8 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's tensor (same shape on every rank), in rank order."""
     if not active():
         return [t]
+    if t.is_cuda and dist.get_backend() == "gloo":  # gloo gathers host tensors only
+        return [g.to(t.device) for g in all_gather(t.cpu())]
     out = [torch.empty_like(t) for _ in range(world())]
     _collective(dist.all_gather, out, t.contiguous())
     return out

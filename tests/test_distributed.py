@@ -186,6 +186,17 @@ def test_a_rank_that_dies_ends_the_run_with_one_line(tmp_path, runner):
     assert checkpoint.load(out).meta["epoch"] == 1 and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_an_unknown_backend_is_one_line_per_process(tmp_path, runner):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(runner),
+           "train", "--data", "synthetic", "--limit", "100", "--device", "cpu", "--out", str(tmp_path / "m.safetensors")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MANIFOLDADV_DIST_BACKEND": "mpi"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert p.returncode != 0 and lines == ["error: MANIFOLDADV_DIST_BACKEND=mpi: choose nccl or gloo"] * 2, p.stderr
+    # torchrun's own traceback follows; none from the ranks (it would name our modules)
+    assert "manifoldadv/" not in p.stderr and not list(tmp_path.iterdir())
+
+
 def _resume_from(rank, init, epochs, results):
     import torch.distributed as dist
 

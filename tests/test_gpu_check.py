@@ -26,4 +26,5 @@ def test_gpu_check_dry_run(tmp_path):
         old = next(r["loss"] for r in timed if r["model"] == model and r["loop"] == "old")
         new = next(r["window_loss"] for r in timed if r["model"] == model and r["loop"] == "new" and r["precision"] == "fp32")
         assert old == new, (old, new)
+    assert [(r["rc"], r["world_size"]) for r in res["dist"]] == [(0, 1), (0, 2)]
     assert "GPU check:" in p.stdout and "train resnet32" in p.stdout
