@@ -423,11 +423,7 @@ def _worst_of_all(model, x, y, parts, *, cvae, generator, record):
 
 
 def _clone(generator: torch.Generator | None) -> torch.Generator | None:
-    if generator is None:
-        return None
-    g = torch.Generator(device=generator.device)
-    g.set_state(generator.get_state())
-    return g
+    return None if generator is None else torch.Generator(device=generator.device).set_state(generator.get_state())
 
 
 def latent_search(model, cvae, x, y, spec: AttackSpec, *, generator=None, shard=None):

@@ -326,12 +326,18 @@ def test_stale_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_pat
     assert not stale.exists() and not old.exists() and live.exists() and other.exists()
 
 
-@pytest.mark.parametrize("name", ["evals.json", "spectra.json"])
-def test_corrupt_study_cache_is_named_moved_aside_and_rebuilt(tmp_path, name):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    """One finished quick study that both cache cases corrupt in turn (each case leaves it whole)."""
+    run = tmp_path_factory.mktemp("study") / "run"
     args = ["reproduce", "--quick", "--limit", "60", "--no-theory", "--no-autoattack", "--no-audit", "--device", "cpu",
             "--train-steps", "1", "--run-dir", run]
-    first = cli_json(*args)
+    return run, args, cli_json(*args)
+
+
+@pytest.mark.parametrize("name", ["evals.json", "spectra.json"])
+def test_corrupt_study_cache_is_named_moved_aside_and_rebuilt(quick_study, name):
+    run, args, first = quick_study
     (run / "results" / name).write_text('{"truncated": ')
     r = cli(*args, "--json")
     assert r.exit_code == 0, r.output
