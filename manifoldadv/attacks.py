@@ -12,6 +12,7 @@ afterwards.
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import external, ops
+from . import distributed, external, ops
 from .pointwise import VERSION as POINTWISE_VERSION, pointwise
 from .config import defaults
 from .errors import UsageError
@@ -85,17 +86,18 @@ NORM_OF = {n: k.norm for n, k in KINDS.items() if not k.identity}
 
 
 def kind(name: str) -> AttackKind:
-    if name not in KINDS and name.startswith(WORST):
-        KINDS[name] = _worst_kind(name)
-    if name not in KINDS:
-        raise UsageError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}, or {WORST}A,B,...")
-    return KINDS[name]
+    if name in KINDS:
+        return KINDS[name]
+    if name.startswith(WORST):  # built on demand, not added: KINDS stays the registry as declared
+        return _worst_kind(name)
+    raise UsageError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}, or {WORST}A,B,...")
 
 
 def worst_name(names) -> str:
     return WORST + ",".join(names)
 
 
+@functools.lru_cache(maxsize=None)
 def _worst_kind(name: str) -> AttackKind:
     parts = tuple(dict.fromkeys(p.strip() for p in name[len(WORST):].split(",") if p.strip()))
     bad = [p for p in parts if p not in KINDS or KINDS[p].identity or KINDS[p].parts]
@@ -285,25 +287,21 @@ def frozen(*modules):
 def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generator | None, shard=None):
     shape = x0.shape
 
-    def draw(fn, *dims):
-        # shard = (offset, size): x0 is rows offset.. of a global batch of `size` spread over
-        # processes; every draw is made for the whole batch and sliced, as one process makes it
-        full = (shard[1], *dims[1:]) if shard is not None else dims
-        out = fn(full, generator=gen, device=x0.device, dtype=x0.dtype)
-        return out[shard[0]:shard[0] + dims[0]] if shard is not None else out
+    def draw(fn, dims):  # for the global batch when x0 is one process's rows of it
+        return distributed.draw(fn, dims, shard, generator=gen, device=x0.device, dtype=x0.dtype)
 
     if spec.norm == "linf":
-        noise = draw(torch.rand, *shape) * 2 - 1
+        noise = draw(torch.rand, shape) * 2 - 1
         return (x0 + spec.eps * noise).clamp(lo, hi)
     if spec.norm == "l2":
-        v = draw(torch.randn, *shape)
+        v = draw(torch.randn, shape)
     else:  # Laplace directions are uniform on the l1 sphere once normalised
-        e = draw(torch.rand, *shape).clamp_min(1e-12)
-        s = draw(torch.rand, *shape)
+        e = draw(torch.rand, shape).clamp_min(1e-12)
+        s = draw(torch.rand, shape)
         v = -torch.log(e) * torch.sign(s - 0.5)
     p = 2 if spec.norm == "l2" else 1
     norms = v.flatten(1).norm(p=p, dim=1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
-    radius = draw(torch.rand, shape[0]).view_as(norms)
+    radius = draw(torch.rand, (shape[0],)).view_as(norms)
     x = x0 + v / norms * spec.eps * radius
     # a zero-gradient step is exactly the projection onto ball ∩ box
     return ops.pgd_step_(x, x0, torch.zeros_like(x), step=0.0, eps=spec.eps, norm=spec.norm, lo=lo, hi=hi,

@@ -133,6 +133,15 @@ def part_of(size: int) -> tuple[int, int]:
     return r * base + min(r, extra), base + (1 if r < extra else 0)
 
 
+def draw(fn, shape, shard=None, **kwargs) -> torch.Tensor:
+    """fn(shape, **kwargs) (torch.rand, torch.randn) for this process's rows: with shard =
+    (offset, size) drawn for all `size` rows of the global batch and sliced, as one process
+    draws it."""
+    if shard is None:
+        return fn(tuple(shape), **kwargs)
+    return fn((shard[1], *shape[1:]), **kwargs)[shard[0]:shard[0] + shape[0]]
+
+
 def mine(index: int) -> bool:
     """Whether evaluation batch `index` is this rank's (batches are dealt round-robin)."""
     return index % world() == rank()

@@ -6,6 +6,7 @@ import torch
 
 from . import console, distributed, loader
 from .attacks import AttackSpec, frozen, perturb
+from .runtime import derive_seed
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -17,12 +18,7 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 def batch_generator(device, seed: int, index: int) -> torch.Generator:
     """The generator of evaluation batch `index`: seeded by (seed, index), so that a batch draws
     the same numbers whichever process evaluates it and however many there are."""
-    return make_generator(device, (int(seed) * 1_000_003 + int(index) * 7919 + 29) % (2**63 - 1))
-
-
-def batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
+    return make_generator(device, derive_seed(seed, index, 29))
 
 
 def clean_accuracy(model, split, *, device, batch_size: int = 1000) -> float:

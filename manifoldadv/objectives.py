@@ -80,10 +80,7 @@ class CVAEObjective:
     kind = "cvae"
 
     def loss(self, net, x, y, epoch, gen, progress: float = 1.0, *, outer=None, shard=None):
-        rows = shard[1] if shard is not None else len(x)
-        noise = torch.randn((rows, net.latent), generator=gen, device=x.device)
-        if shard is not None:
-            noise = noise[shard[0]:shard[0] + len(x)]
+        noise = distributed.draw(torch.randn, (len(x), net.latent), shard, generator=gen, device=x.device)
         nelbo = (outer if outer is not None else Elbo(net))(x, y, noise)
         return mean(nelbo, shard), None
 

@@ -34,6 +34,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def derive_seed(seed: int, index: int, salt: int) -> int:
+    """A seed for item `index` (an epoch, an evaluation batch) of a run seeded with `seed`; the
+    salt keeps the streams of different uses apart."""
+    return (int(seed) * 1_000_003 + int(index) * 7919 + salt) % (2**63 - 1)
+
+
 def versions() -> dict[str, str | bool | None]:
     """What made a result: package versions, the extension, and the code's git commit (with
     whether the working tree had uncommitted changes; None outside a git checkout)."""

@@ -32,7 +32,7 @@ from .data import Dataset, Split
 from .errors import CheckpointError, TrainingError, UsageError
 from .evaluate import make_generator
 from .objectives import ClassifierObjective, CVAEObjective, Elbo, cvae_test_metrics  # noqa: F401  (API)
-from .runtime import versions
+from .runtime import derive_seed, versions
 
 MODES: dict[str, tuple[str, ...]] = {
     "std": (),
@@ -195,7 +195,7 @@ def default_out(data: str, mode: str, run_dir: str | Path = "runs") -> Path:
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1)
+    return derive_seed(seed, epoch, 17)
 
 
 def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, history: list, metrics: dict,
