@@ -59,6 +59,37 @@ def test_half_dtypes_run_natively(norm, dtype):
     torch.testing.assert_close(out.float(), ref.float(), atol=ulp, rtol=0)
 
 
+# boundaries of l2_regs_kernel's tiers in float32 (4 per pack) and bfloat16 (8 per pack): up to 256,
+# 512 and 1024 packs; past them, and unaligned lengths, the two-pass kernel
+@pytest.mark.parametrize("n", [4, 33, 784, 1024, 1028, 2048, 2052, 3072, 4096, 4100, 8192, 8200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_l2_variants_match_the_reference_and_each_other(monkeypatch, n, dtype):
+    x, x0, g = case(4, (37, n), dtype=dtype)
+    x[5], g[6] = x0[5], 0.0  # at the centre; a zero gradient
+    kw = dict(step=0.1, eps=0.5, norm="l2")
+    ref = ops.pgd_step_reference(x, x0, g, **kw)
+    atol = 4e-6 * (1 + float(x0.abs().max())) if dtype == torch.float32 else 2**-7
+    outs = {}
+    for variant in ("block", "registers"):
+        monkeypatch.setenv("MANIFOLDADV_CUDA_L2", variant)
+        outs[variant] = ops.pgd_step(x, x0, g, **kw)
+        torch.testing.assert_close(outs[variant].float(), ref.float(), atol=atol, rtol=0)
+        xi = x.clone()
+        ops.pgd_step_(xi, x0, g, **kw)  # in place: the same bits
+        assert torch.equal(xi, outs[variant])
+        xs = x0.clone()
+        ops.pgd_step_(xs, xs, g, **kw)  # x0 is x
+        assert torch.equal(xs, ops.pgd_step(x0, x0, g, **kw))
+    torch.testing.assert_close(outs["registers"].float(), outs["block"].float(), atol=atol, rtol=0)
+
+
+def test_l2_variant_setting_is_checked(monkeypatch):
+    x, x0, g = case(5, (3, 784))
+    monkeypatch.setenv("MANIFOLDADV_CUDA_L2", "warp")
+    with pytest.raises(RuntimeError, match="MANIFOLDADV_CUDA_L2 must be block or registers"):
+        ops.pgd_step(x, x0, g, step=0.1, eps=0.5, norm="l2")
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_nonfinite_and_degenerate(norm):
     x, x0, g = case(2, (6, 50))
@@ -71,6 +102,12 @@ def test_nonfinite_and_degenerate(norm):
     kw = dict(step=0.1, eps=0.7, norm=norm)
     torch.testing.assert_close(ops.pgd_step(x, x0, g, **kw), ops.pgd_step_reference(x, x0, g, **kw),
                                atol=1e-5, rtol=0, equal_nan=True)
+    if norm == "l2":  # the register-resident kernel too (6 x 52: one pack-aligned tier)
+        x, x0, g = (torch.cat([t, t[:, :2]], 1) for t in (x, x0, g))
+        ref = ops.pgd_step_reference(x, x0, g, **kw)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MANIFOLDADV_CUDA_L2", "registers")
+            torch.testing.assert_close(ops.pgd_step(x, x0, g, **kw), ref, atol=1e-5, rtol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])

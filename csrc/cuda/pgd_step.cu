@@ -6,7 +6,9 @@
 //
 // - linf: elementwise, grid-stride, 16-byte vector loads when every pointer is aligned.
 // - l2: one block per sample: a read pass accumulating ||g||^2, <x - x0, g>, ||x - x0||^2 in
-//   float64 and one block reduction, then a write pass (16-byte loads when possible).
+//   float64 and one block reduction, then a write pass (16-byte loads when possible). With
+//   StepParams::l2_in_registers, samples of up to 1024 packs stay in registers instead of
+//   being read twice (l2_regs_kernel).
 // - l1: one block per sample: the SLIDE threshold (k-th largest |g|) by a 4-pass radix select
 //   over the float bits (|g| >= 0, so bits order like values; 256-bin shared histograms), then
 //   the exact projection's lam by the bracketed Newton iteration of the CPU kernel (see
@@ -58,7 +60,8 @@ struct Sum3 {
   double a, b, c;
 };
 
-// Sum over the block; every thread returns the same value (same order of additions).
+// Sum over the block of WARPS warps; every thread returns the same value (same order of additions).
+template <int WARPS = kWarps>
 __device__ Sum3 block_sum3(Sum3 v, Sum3* smem) {
   for (int o = 16; o > 0; o >>= 1) {
     v.a += __shfl_down_sync(0xffffffffu, v.a, o);
@@ -69,7 +72,7 @@ __device__ Sum3 block_sum3(Sum3 v, Sum3* smem) {
   if ((threadIdx.x & 31) == 0) smem[threadIdx.x >> 5] = v;
   __syncthreads();
   Sum3 r{0.0, 0.0, 0.0};
-  for (int w = 0; w < kWarps; ++w) {
+  for (int w = 0; w < WARPS; ++w) {
     r.a += smem[w].a;
     r.b += smem[w].b;
     r.c += smem[w].c;
@@ -144,6 +147,26 @@ __device__ __forceinline__ void l2_acc(Sum3& s, float x, float x0, float g) {
   s.c += d * d;
 }
 
+// The write pass's constants from the sample's sums (||g||^2, <x - x0, g>, ||x - x0||^2).
+__device__ __forceinline__ L2Write l2_write(const Sum3& s, float step_f, double step, double eps, float lo,
+                                            float hi) {
+  L2Write w;
+  w.nan = !isfinite(s.c);  // some x or x0 not finite
+  const double gn = sqrt(s.a);
+  double dn2 = s.c, inv = 0.0;
+  if (gn > 0.0) {
+    inv = 1.0 / gn;
+    dn2 += 2.0 * step * s.b * inv + step * step * (s.a * inv * inv);
+  }
+  const double dn = sqrt(fmax(dn2, 0.0));
+  w.step = step_f;
+  w.inv = static_cast<float>(inv);
+  w.scale = dn > eps ? static_cast<float>(eps / dn) : 1.0f;
+  w.lo = lo;
+  w.hi = hi;
+  return w;
+}
+
 // One block per sample. PACKED: n is a multiple of the pack size and all pointers are aligned.
 template <typename T, bool PACKED>
 __global__ void l2_kernel(const T* x, const T* x0, const T* g, T* out, int64_t n, float step_f,
@@ -167,22 +190,7 @@ __global__ void l2_kernel(const T* x, const T* x0, const T* g, T* out, int64_t n
   } else {
     for (int64_t i = threadIdx.x; i < n; i += kBlock) l2_acc(s, to_f(x[i]), to_f(x0[i]), to_f(g[i]));
   }
-  s = block_sum3(s, smem);
-
-  L2Write w;
-  w.nan = !isfinite(s.c);  // some x or x0 not finite
-  const double gn = sqrt(s.a);
-  double dn2 = s.c, inv = 0.0;
-  if (gn > 0.0) {
-    inv = 1.0 / gn;
-    dn2 += 2.0 * step * s.b * inv + step * step * (s.a * inv * inv);
-  }
-  const double dn = sqrt(fmax(dn2, 0.0));
-  w.step = step_f;
-  w.inv = static_cast<float>(inv);
-  w.scale = dn > eps ? static_cast<float>(eps / dn) : 1.0f;
-  w.lo = lo;
-  w.hi = hi;
+  const L2Write w = l2_write(block_sum3(s, smem), step_f, step, eps, lo, hi);
   if (PACKED) {
     for (int64_t p = threadIdx.x; p < n / P; p += kBlock) {
       const Pack<T> a = reinterpret_cast<const Pack<T>*>(x)[p];
@@ -196,6 +204,56 @@ __global__ void l2_kernel(const T* x, const T* x0, const T* g, T* out, int64_t n
   } else {
     for (int64_t i = threadIdx.x; i < n; i += kBlock) {
       out[i] = from_f<T>(w(to_f(x[i]), to_f(x0[i]), to_f(g[i])));
+    }
+  }
+}
+
+// One block of THREADS per sample of at most THREADS * R packs, held in registers between the
+// reduction and the write: no second read, and smaller blocks than l2_kernel's when samples are
+// small (more samples in flight per SM). Thread t owns packs t, t + THREADS, ...: with THREADS =
+// kBlock the additions are l2_kernel's, in its order. n is a multiple of the pack size and all
+// pointers are aligned. Every thread reads its packs before the block reduction's barriers and
+// writes only its own packs after them, so in-place calls are safe.
+template <typename T, int THREADS, int R>
+__global__ void __launch_bounds__(THREADS) l2_regs_kernel(const T* x, const T* x0, const T* g, T* out,
+                                                          int64_t n, float step_f, double step, double eps,
+                                                          float lo, float hi) {
+  static_assert(THREADS % 32 == 0 && THREADS <= kBlock, "whole warps, at most kBlock threads");
+  __shared__ Sum3 smem[THREADS / 32];
+  constexpr int P = Pack<T>::kSize;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  const Pack<T>* px = reinterpret_cast<const Pack<T>*>(x + base);
+  const Pack<T>* px0 = reinterpret_cast<const Pack<T>*>(x0 + base);
+  const Pack<T>* pg = reinterpret_cast<const Pack<T>*>(g + base);
+  Pack<T>* po = reinterpret_cast<Pack<T>*>(out + base);
+  const int npack = static_cast<int>(n / P);
+  Pack<T> a[R], b[R], c[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {  // every load issued before any is used
+    const int p = threadIdx.x + r * THREADS;
+    if (p < npack) {
+      a[r] = px[p];
+      b[r] = px0[p];
+      c[r] = pg[p];
+    }
+  }
+  Sum3 s{0.0, 0.0, 0.0};
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (threadIdx.x + r * THREADS < npack) {
+#pragma unroll
+      for (int j = 0; j < P; ++j) l2_acc(s, to_f(a[r].v[j]), to_f(b[r].v[j]), to_f(c[r].v[j]));
+    }
+  }
+  const L2Write w = l2_write(block_sum3<THREADS / 32>(s, smem), step_f, step, eps, lo, hi);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int p = threadIdx.x + r * THREADS;
+    if (p < npack) {
+      Pack<T> o;
+#pragma unroll
+      for (int j = 0; j < P; ++j) o.v[j] = from_f<T>(w(to_f(a[r].v[j]), to_f(b[r].v[j]), to_f(c[r].v[j])));
+      po[p] = o;
     }
   }
 }
@@ -391,7 +449,16 @@ cudaError_t launch_typed(const StepParams& p, Norm norm, int num_sms, cudaStream
       break;
     }
     case Norm::L2:
-      if (aligned && p.n % P == 0) {
+      if (aligned && p.n % P == 0 && p.l2_in_registers && p.n / P <= 128 * 2) {
+        l2_regs_kernel<T, 128, 2><<<samples, 128, 0, stream>>>(x, x0, g, out, p.n, step_f, p.step,
+                                                                p.eps, lo_f, hi_f);
+      } else if (aligned && p.n % P == 0 && p.l2_in_registers && p.n / P <= kBlock * 2) {
+        l2_regs_kernel<T, kBlock, 2><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, step_f,
+                                                                     p.step, p.eps, lo_f, hi_f);
+      } else if (aligned && p.n % P == 0 && p.l2_in_registers && p.n / P <= kBlock * 4) {
+        l2_regs_kernel<T, kBlock, 4><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, step_f,
+                                                                     p.step, p.eps, lo_f, hi_f);
+      } else if (aligned && p.n % P == 0) {
         l2_kernel<T, true><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, step_f, p.step,
                                                             p.eps, lo_f, hi_f);
       } else {

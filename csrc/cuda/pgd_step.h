@@ -24,6 +24,9 @@ struct StepParams {
   int64_t n;
   double step, eps, lo, hi;
   int64_t k;  // l1: SLIDE moves the k largest |g| (ties included)
+  // l2, aligned samples of at most 1024 16-byte packs: keep them in registers (l2_regs_kernel)
+  // instead of reading them twice; the same results up to the order of float64 additions.
+  bool l2_in_registers = false;
 };
 
 // Enqueues the step on `stream`; returns the launch error (cudaSuccess if none).

@@ -10,6 +10,9 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "op_common.h"
 #include "pgd_step.h"
 
@@ -28,6 +31,16 @@ DType kernel_dtype(const char* op, at::ScalarType t) {
       TORCH_CHECK(false, op, ": the CUDA kernel takes float32, float16 or bfloat16, got ", t,
                   " (manifoldadv.ops.pgd_step upcasts other dtypes to float32)");
   }
+}
+
+// MANIFOLDADV_CUDA_L2=registers selects l2_regs_kernel for small samples (pgd_step.cu); block,
+// or unset, the two-pass kernel. Read on every call so that one process can time both.
+bool l2_in_registers() {
+  const char* v = std::getenv("MANIFOLDADV_CUDA_L2");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "block") == 0) return false;
+  TORCH_CHECK(std::strcmp(v, "registers") == 0, "MANIFOLDADV_CUDA_L2 must be block or registers, got '", v,
+              "'");
+  return true;
 }
 
 int multiprocessors(int device) {
@@ -62,6 +75,7 @@ void run(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& grad, cons
   p.lo = lo;
   p.hi = hi;
   p.k = l1_topk(p.n, q);
+  p.l2_in_registers = norm == static_cast<int>(Norm::L2) && l2_in_registers();
   if (p.batch == 0 || p.n == 0) return;
   const int device = x.get_device();
   C10_CUDA_CHECK(launch_pgd_step(p, dt, static_cast<Norm>(norm), multiprocessors(device),
