@@ -190,17 +190,8 @@ def default_step_size(eps: float, steps: int) -> float:
     return 2.5 * eps / max(steps, 1)
 
 
-def make_spec(
-    name: str,
-    dataset: str,
-    *,
-    train: bool = False,
-    eps: float | None = None,
-    steps: int | None = None,
-    step_size: float | None = None,
-    restarts: int | None = None,
-    random_start: bool | None = None,
-) -> AttackSpec:
+def make_spec(name: str, dataset: str, *, train: bool = False, eps: float | None = None, steps: int | None = None,
+              step_size: float | None = None, restarts: int | None = None, random_start: bool | None = None) -> AttackSpec:
     """The attack `name` with the data set's defaults (training or test budgets), overridable.
     Options an attack does not take (steps for FGSM, ...) are refused, not dropped."""
     k = kind(name)
@@ -284,7 +275,10 @@ def frozen(*modules):
                 p.requires_grad_(f)
 
 
-def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generator | None, shard=None):
+def start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generator | None, shard=None) -> torch.Tensor:
+    """Where a restart begins: a random point of the ball ∩ box, or x0 itself."""
+    if not spec.random_start:
+        return x0.clone()
     shape = x0.shape
 
     def draw(fn, dims):  # for the global batch when x0 is one process's rows of it
@@ -308,6 +302,17 @@ def _random_start(x0, spec: AttackSpec, lo: float, hi: float, gen: torch.Generat
                          l1_quantile=spec.l1_quantile)
 
 
+def descend(loss_fn, x: torch.Tensor, x0: torch.Tensor, spec: AttackSpec, lo: float, hi: float) -> torch.Tensor:
+    """spec.steps projected-gradient steps from x (overwritten) ascending per-sample `loss_fn`."""
+    for _ in range(spec.steps):
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(x).sum(), x)
+        x = x.detach()
+        ops.pgd_step_(x, x0, grad, step=spec.step_size, eps=spec.eps, norm=spec.norm, lo=lo, hi=hi,
+                      l1_quantile=spec.l1_quantile)
+    return x
+
+
 def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi: float = 1.0,
              generator: torch.Generator | None = None, fooled=None, shard=None) -> torch.Tensor:
     """The one projected-gradient loop: maximise per-sample `loss_fn` around x0 within spec's
@@ -317,14 +322,7 @@ def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi
     x0 = x0.detach()
     best, best_loss = None, None
     for _ in range(spec.restarts):
-        x = _random_start(x0, spec, lo, hi, generator, shard) if spec.random_start else x0.clone()
-        for _ in range(spec.steps):
-            x.requires_grad_(True)
-            loss = loss_fn(x)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-            x = x.detach()
-            ops.pgd_step_(x, x0, grad, step=spec.step_size, eps=spec.eps, norm=spec.norm, lo=lo, hi=hi,
-                          l1_quantile=spec.l1_quantile)
+        x = descend(loss_fn, start(x0, spec, lo, hi, generator, shard), x0, spec, lo, hi)
         if spec.restarts == 1:
             return x
         with torch.no_grad():
@@ -338,7 +336,8 @@ def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi
     return best
 
 
-def _ce(model, y):
+def cross_entropy(model, y):
+    """Per-sample loss of the regular attacks."""
     return lambda inp: F.cross_entropy(model(inp), y, reduction="none")
 
 
@@ -363,7 +362,7 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
         if k.gradient_free:
             return pointwise(model, x, y, eps=spec.eps, generator=generator, restarts=spec.restarts)[0]
         if k.space == "input":
-            return maximize(_ce(model, y), x, spec, lo=0.0, hi=1.0, generator=generator,
+            return maximize(cross_entropy(model, y), x, spec, lo=0.0, hi=1.0, generator=generator,
                             fooled=lambda inp: model(inp).argmax(1) != y, shard=shard)
         z0, z = latent_search(model, cvae, x, y, spec, generator=generator, shard=shard)
         with torch.no_grad():

@@ -29,8 +29,9 @@ def mean(per_sample: torch.Tensor, shard) -> torch.Tensor:
 class ClassifierObjective:
     kind = "classifier"
 
-    def __init__(self, cfg, cvae=None):
-        self.cfg, self.specs, self.cvae = cfg, cfg.specs(), cvae
+    def __init__(self, cfg, cvae=None, graphs=None):
+        """graphs: a graphed.AttackGraphs replaying the attacks it can (None: all eager)."""
+        self.cfg, self.specs, self.cvae, self.graphs = cfg, cfg.specs(), cvae, graphs
 
     def warm(self, spec: AttackSpec, epoch: float) -> AttackSpec:
         """`spec` with eps and step scaled by the warm-up ramp at (fractional) `epoch`."""
@@ -49,7 +50,10 @@ class ClassifierObjective:
             return mean(F.cross_entropy(logits, y, reduction="none"), shard), (logits.argmax(1) == y).sum()
         losses, correct = [], 0
         for spec in self.specs:
-            x_adv = perturb(net, x, y, self.warm(spec, epoch + progress), cvae=self.cvae, generator=gen, shard=shard)
+            spec = self.warm(spec, epoch + progress)
+            x_adv = self.graphs.run(x, y, spec, generator=gen, shard=shard) if self.graphs is not None else None
+            if x_adv is None:
+                x_adv = perturb(net, x, y, spec, cvae=self.cvae, generator=gen, shard=shard)
             logits = outer(x_adv)
             losses.append(F.cross_entropy(logits, y, reduction="none"))
             correct = correct + (logits.argmax(1) == y).sum()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import accel, checkpoint, console, distributed, loader, models, outputs
+from . import accel, checkpoint, console, distributed, graphed, loader, models, outputs
 from .attacks import KINDS, AttackSpec, spec_for
 from .config import Schedule, defaults
 from .data import Dataset, Split
@@ -257,15 +257,18 @@ def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None
 
 
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
-          cvae=None, compile: bool | None = None, sync_bn: bool = False) -> dict:
+          cvae=None, compile: bool | None = None, sync_bn: bool = False, attack_graphs: bool = False) -> dict:
     """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata.
 
     compile: torch.compile the classifier (None: the device's default, see accel.py).
+    attack_graphs: replay each regular training attack as one CUDA graph (graphed.py).
     With several processes (distributed.py) the outer loss goes through DistributedDataParallel
     and the attacks through the bare model; sync_bn: BatchNorm statistics over the global batch."""
     out = check_out(out, resume=resume, force=force)
     device = torch.device(device)
     world = distributed.world()
+    if attack_graphs:
+        graphed.require(device, cfg.mode)
     objective = CVAEObjective() if cfg.mode == "cvae" else ClassifierObjective(cfg, cvae)
     if needs_cvae(cfg.mode) and cvae is None:
         raise UsageError(f"mode {cfg.mode} needs a CVAE (--cvae)")
@@ -308,6 +311,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     net = model
     if objective.kind == "classifier":
         net = accel.prepare(model, precision=cfg.precision, compile=compiled, device=device)
+        objective.graphs = graphed.AttackGraphs(model) if attack_graphs else None
     outer = _outer(model, objective, device, sync_bn) if world > 1 else None
     train_split, test_split = loader.place(dataset.train, device), loader.place(dataset.test, device)
     meta = None
@@ -335,7 +339,8 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
                 record["train_accuracy"] = train_accuracy
             history.append(record)
             meta = _meta(cfg, dataset, objective.kind, epoch + 1, history, metrics, cfg.model_kwargs)
-            meta.update(accel.record(cfg.precision, compiled), world_size=world, sync_bn=bool(sync_bn and world > 1))
+            meta.update(accel.record(cfg.precision, compiled), world_size=world, sync_bn=bool(sync_bn and world > 1),
+                        attack_graphs=bool(attack_graphs))
             with console.doing(f"while saving epoch {epoch + 1} to {out}",
                                f"{out} holds epoch {epoch} or {epoch + 1}, whole; rerun with --resume"):
                 checkpoint.save(out, model, meta, opt)

@@ -187,6 +187,8 @@ CASES = [
          needles=("eigenvalues",)),
     Case("train-bad-precision", "arguments", plain("train", *SYN, "--precision", "fp8"), needles=("--precision",)),
     Case("train-unknown-model", "arguments", plain("train", *SYN, "--model", "vgg99"), needles=("vgg99",)),
+    Case("attack-graphs-need-cuda", "arguments", plain("train", *SYN, "--mode", "pgd", "--attack-graphs"),
+         needles=("--attack-graphs", "CUDA")),
     Case("cuda-without-gpu", "arguments", plain("train", *SYN[:-2], "--device", "cuda"), needles=("cuda",))
     if not torch.cuda.is_available() else Case("cvae-needs-cvae-model", "arguments",
                                                 plain("train", *SYN, "--mode", "cvae", "--model", "lenet5"),

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import checkpoint, console, outputs, training
+from .. import checkpoint, console, graphed, outputs, training
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, SyncBN, Data, DataName, Run, shared
 from .common import dataset as load_data, load_cvae
@@ -67,6 +67,9 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint at --out.")] = False,
     sync_bn: SyncBN = False,
+    attack_graphs: Annotated[bool, typer.Option(
+        "--attack-graphs", help="CUDA: replay each training attack's K steps as one CUDA graph (same results as eager; "
+                                "experimental: not yet timed on a GPU, see bench/RESULTS.md).")] = False,
 ) -> None:
     """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
     dev = run.start()
@@ -81,6 +84,8 @@ def train(
         cvae=str(cvae) if cvae else None, precision=run.precision.value,
     )
     training.check_out(out, resume=resume, force=force)  # before any work
+    if attack_graphs:
+        graphed.require(dev, mode_name)
     if training.needs_cvae(mode_name) and cvae is None:
         outputs.check_file(auto_cvae_path(out, data_name), "CVAE checkpoint")
     ds = load_data(data_name, run.data_root, run.limit, run.download)
@@ -91,7 +96,7 @@ def train(
     console.log(f"training {cfg.model} on {data_name} ({len(ds.train)} examples), mode {mode_name}, "
                 f"{cfg.epochs} epochs -> {out}")
     meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, compile=run.compile,
-                          sync_bn=sync_bn)
+                          sync_bn=sync_bn, attack_graphs=attack_graphs)
     summary = {"checkpoint": str(out), **{k: v for k, v in meta.items() if k not in ("optimizer",)}}
     if run.json_out:
         console.emit_json(summary)
