@@ -1,20 +1,22 @@
 """The GPU check: one command for a lent CUDA machine (`make gpu-check`), or `--dry-run` on CPU.
 
-    python3 bench/gpu_check.py [--dry-run] [--budget-s 420] [--only build,tests,suite,kernels,dist,train]
+    python3 bench/gpu_check.py [--dry-run] [--budget-s 420] [--only build,tests,kernels,train,dist,suite]
 
-Sections, in order, each skipped with a note once the time budget is spent:
+Sections, in order (what the open issue needs first), each skipped with a note once the time
+budget is spent:
   build    the extension against this python's torch, for this GPU's architecture
   tests    the CUDA tests (pytest -m cuda)
-  suite    the rest of the test suite (its CLI tests run on the GPU: --device defaults to auto)
   kernels  pgd_step (linf, l2, l1) against a device-to-device copy moving the same bytes
            (>= 100 MB per tensor); class_cov at d = 784 and 3072 (60k rows, 10 classes)
            against torch float64 X.T @ X per class
+  train    one PGD-10 adversarial-training epoch of ResNet32 on 50k generated CIFAR-format
+           images and one PGD-40 epoch of LeNet5 on 60k MNIST-shaped images: the training loop
+           (bf16 + compile, bf16 + attack graphs, ...) and the loop it replaced
+           (bench/legacy_loop.py); rows are skipped to leave 50 s for dist
   dist     torchrun: one PGD-10 training epoch with 1 and with 2 processes (NCCL with a GPU each;
            with one GPU, gloo and both on it: the CUDA path of distributed.py, not NCCL),
            wall times and how far apart the two models end
-  train    one PGD-10 adversarial-training epoch of ResNet32 on 50k generated CIFAR-format
-           images and one PGD-40 epoch of LeNet5 on 60k MNIST-shaped images: the training loop
-           (fp32 eager, bf16 + compile, ...) and the loop it replaced (bench/legacy_loop.py)
+  suite    the rest of the test suite (its CLI tests run on the GPU: --device defaults to auto)
   steps    (only when asked) one attack step at batch 128, eager / bf16 / compiled
 Prints one table last; writes gpu-check.json (and the logs) under $OUT when set, else --out,
 after every section. --dry-run: tiny sizes, CPU, no build, tests or suite (CI runs it).
@@ -37,8 +39,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("build", "tests", "suite", "kernels", "dist", "train", "steps")
-DEFAULT_SECTIONS = ("build", "tests", "suite", "kernels", "dist", "train")
+SECTIONS = ("build", "tests", "kernels", "train", "dist", "suite", "steps")
+DEFAULT_SECTIONS = ("build", "tests", "kernels", "train", "dist", "suite")
 
 
 class Budget:
@@ -240,7 +242,7 @@ TRAIN_ROWS = [  # (data, model, PGD steps, images, loop, precision, compile, att
 OLD_LOOP_BATCHES = 40  # the old loop is timed over this many batches (its speed is steady)
 
 
-def bench_train(torch, dev, budget, *, dry_run, save) -> list:
+def bench_train(torch, dev, budget, *, dry_run, save, reserve=0) -> list:
     """One adversarial-training epoch per row through manifoldadv.training.train_epoch (the
     old loop, bench/legacy_loop.py, over OLD_LOOP_BATCHES batches). Compiled rows first run a
     warm-up epoch over 2.6 batches (compiling for the full and the last batch size; attack graphs
@@ -258,7 +260,7 @@ def bench_train(torch, dev, budget, *, dry_run, save) -> list:
             steps, n = 1, 160
         row = {"model": model_name, "data": data, "attack_steps": steps, "images": n, "loop": loop,
                "precision": precision, "compile": compile, "attack_graphs": graphs}
-        if budget.left() < estimate * (1.2 if not dry_run else 0.0):
+        if budget.left() - reserve < estimate * (1.2 if not dry_run else 0.0):
             rows.append({**row, "skipped": f"budget ({budget.left():.0f} s left, estimate {estimate} s)"})
             continue
         if (data, n) not in data_cache:
@@ -534,6 +536,27 @@ def main(argv=None) -> int:
                           timeout=min(budget.left() - 20, 120), log=outdir / "tests.log")
         say(f"tests rc {res['tests']['rc']}: {last_line(res['tests']['tail'])}")
         save(res)
+    try:
+        if want("kernels", 40):
+            shapes = [(64, 3, 32, 32)] if a.dry_run else [(128, 3, 32, 32), (8192, 3, 32, 32), (32768, 1, 28, 28)]
+            res["pgd_step"] = bench_pgd(torch, ops, dev, shapes, reps=3 if a.dry_run else 20)
+            res["class_cov"] = bench_cov(torch, ops, dev, [64] if a.dry_run else [784, 3072],
+                                         600 if a.dry_run else 60_000, reps=2 if a.dry_run else 5)
+            save(res)
+        if want("train", 30):
+            res["train"] = bench_train(torch, dev, budget, dry_run=a.dry_run, reserve=50 if "dist" in only else 0,
+                                       save=lambda rows: save({**res, "train": rows}))
+        if want("dist", 45):
+            say("torchrun: 1 and 2 processes")
+            res["dist"] = bench_dist(torch, dev, budget, outdir, dry_run=a.dry_run)
+            save(res)
+        if want("steps", 60):
+            res["steps"] = bench_steps(torch, ops, dev, budget, reserve=45)
+    except Exception as exc:
+        import traceback
+
+        res["error"] = traceback.format_exc()
+        say(f"error: {type(exc).__name__}: {exc}")
     if want("suite", 30):
         say("the rest of the suite (CLI commands run on the GPU: their --device default is auto)")
         workers = ["-n", str(max(1, min(12, (os.cpu_count() or 2) - 2)))] if importlib.util.find_spec("xdist") else []
@@ -545,27 +568,6 @@ def main(argv=None) -> int:
                            *workers, "tests"], timeout=min(budget.left() - 20, 140), env=env, log=outdir / "suite.log")
         say(f"suite rc {res['suite']['rc']}: {last_line(res['suite']['tail'])}")
         save(res)
-    try:
-        if want("kernels", 40):
-            shapes = [(64, 3, 32, 32)] if a.dry_run else [(128, 3, 32, 32), (8192, 3, 32, 32), (32768, 1, 28, 28)]
-            res["pgd_step"] = bench_pgd(torch, ops, dev, shapes, reps=3 if a.dry_run else 20)
-            res["class_cov"] = bench_cov(torch, ops, dev, [64] if a.dry_run else [784, 3072],
-                                         600 if a.dry_run else 60_000, reps=2 if a.dry_run else 5)
-            save(res)
-        if want("dist", 45):
-            say("torchrun: 1 and 2 processes")
-            res["dist"] = bench_dist(torch, dev, budget, outdir, dry_run=a.dry_run)
-            save(res)
-        if want("train", 30):
-            res["train"] = bench_train(torch, dev, budget, dry_run=a.dry_run,
-                                       save=lambda rows: save({**res, "train": rows}))
-        if want("steps", 60):
-            res["steps"] = bench_steps(torch, ops, dev, budget, reserve=45)
-    except Exception as exc:
-        import traceback
-
-        res["error"] = traceback.format_exc()
-        say(f"error: {type(exc).__name__}: {exc}")
     res["seconds"] = time.monotonic() - t_start
     save(res)
     print(table(res))
