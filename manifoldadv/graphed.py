@@ -35,8 +35,9 @@ def graphable(spec: AttackSpec) -> bool:
 
 
 def cuda_capture(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
-    """(replay, output) of `fn` captured as a CUDA graph. Two eager runs on a side stream first, as
-    torch.cuda.graph asks: lazy initialisation (cuBLAS/cuDNN handles, workspaces) must not be captured."""
+    """(replay, output) of `fn` captured as a CUDA graph. Two eager runs first, on the stream the
+    capture then uses, as torch.cuda.graph asks: lazy initialisation (library handles and their
+    per-stream workspaces) must happen before the capture, on that stream."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -44,7 +45,8 @@ def cuda_capture(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], to
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may use CUDA meanwhile
+    # thread_local: another thread's CUDA calls (a progress bar, a prefetch) do not break the capture
+    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
         out = fn()
     return graph.replay, out
 
