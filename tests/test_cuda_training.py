@@ -50,16 +50,18 @@ def sync_warnings(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-@pytest.mark.parametrize("mode,augment", [("std", True), ("pgd", True), ("joint-lp", False)])
-def test_training_synchronises_per_epoch_not_per_batch(tmp_path, mode, augment):
+@pytest.mark.parametrize("mode,augment,graphs", [("std", True, False), ("pgd", True, False), ("joint-lp", False, False),
+                                                 ("pgd", False, True)])
+def test_training_synchronises_per_epoch_not_per_batch(tmp_path, mode, augment, graphs):
     counts = []
-    for batches in (2, 6):
+    for batches in (3, 7):  # with attack graphs: one capture (it synchronises) in either run
         ds = load_dataset("synthetic")
         ds.train, ds.test = ds.train.head(32 * batches), ds.test.head(64)
         cfg = training.resolve_config("synthetic", mode, epochs=1, adv_start=0, steps=2, batch_size=32,
-                                      augment=augment, limit=32 * batches)
+                                      augment=augment, limit=32 * batches, eps_warmup=0)
         out = tmp_path / f"{mode}-{batches}.safetensors"
-        counts.append(sync_warnings(lambda: training.train(cfg, ds, device="cuda", out=out, compile=False)))
+        counts.append(sync_warnings(lambda: training.train(cfg, ds, device="cuda", out=out, compile=False,
+                                                           attack_graphs=graphs)))
     assert counts[0] == counts[1], counts
     assert counts[0] > 0  # the mode sees the per-epoch reads
 
