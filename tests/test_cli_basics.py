@@ -17,6 +17,12 @@ def test_info_json_parses_and_lists_backends():
     assert data["versions"]["torch"]
 
 
+def test_info_names_the_cuda_l2_kernel(monkeypatch):
+    assert json.loads(runner.invoke(app, ["info", "--json"]).stdout)["cuda_l2_kernel"] == "block"
+    monkeypatch.setenv("MANIFOLDADV_CUDA_L2", "registers")
+    assert json.loads(runner.invoke(app, ["info", "--json"]).stdout)["cuda_l2_kernel"] == "registers"
+
+
 def test_unknown_option_is_one_error_line_exit_2():
     r = runner.invoke(app, ["info", "--no-such-flag"])
     assert r.exit_code == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from rich.table import Table
 
@@ -26,6 +28,8 @@ def collect() -> dict:
             "built_with_cuda": ops.backends(("cuda",))["pgd_step"]["cuda"] == "compiled",
         },
         "backends": ops.backends(),
+        # which CUDA l2 pgd_step kernel runs (csrc/cuda/pgd_step.cu): the two-pass one, or registers
+        "cuda_l2_kernel": os.environ.get("MANIFOLDADV_CUDA_L2") or "block",
         "cpu_covariance_blas": ops.cpu_blas(),
         "devices": devices,
         "cuda_available": torch.cuda.is_available(),
@@ -54,6 +58,8 @@ def info(run: Run) -> None:
     for op, per_dev in data["backends"].items():
         table.add_row(op, per_dev["cpu"], per_dev["cuda"])
     console.out.print(table)
+    if ext["built_with_cuda"]:
+        console.out.print(f"CUDA l2 pgd_step kernel: {data['cuda_l2_kernel']} (MANIFOLDADV_CUDA_L2)")
     console.out.print(f"CPU covariance products: {data['cpu_covariance_blas']}")
     for d in data["devices"]:
         console.out.print("device: " + ", ".join(f"{k}={val}" for k, val in d.items()))
