@@ -18,6 +18,7 @@ def test_info_json_parses_and_lists_backends():
 
 
 def test_info_names_the_cuda_l2_kernel(monkeypatch):
+    monkeypatch.delenv("MANIFOLDADV_CUDA_L2", raising=False)
     assert json.loads(runner.invoke(app, ["info", "--json"]).stdout)["cuda_l2_kernel"] == "block"
     monkeypatch.setenv("MANIFOLDADV_CUDA_L2", "registers")
     assert json.loads(runner.invoke(app, ["info", "--json"]).stdout)["cuda_l2_kernel"] == "registers"
