@@ -74,9 +74,9 @@ class _Graph:
 
     def __init__(self, model, x0, x_start, y, spec: AttackSpec, capture):
         self.x0, self.start, self.y = x0.clone(), x_start.clone(), y.clone()
-        loss = cross_entropy(model, self.y)
-        with frozen(model):
-            self.replay, self.out = capture(lambda: descend(loss, self.start.clone(), self.x0, spec, LO, HI))
+        # frozen inside the function: a CUDA graph holds the eval-mode kernels it was captured
+        # with, and the CPU emulation, which reruns the function, must run them too
+        self.replay, self.out = capture(lambda: descend_eagerly(model, self.x0, self.start.clone(), self.y, spec))
 
     def __call__(self, x0, x_start, y) -> torch.Tensor:
         self.x0.copy_(x0)

@@ -11,7 +11,7 @@ import torch
 
 from manifoldadv import graphed, loader, models, training
 from manifoldadv.attacks import make_spec, perturb, with_overrides
-from manifoldadv.data import load_dataset
+from manifoldadv.data import Split, load_dataset
 from manifoldadv.errors import UsageError
 from manifoldadv.graphed import AttackGraphs, eager_capture
 
@@ -112,6 +112,49 @@ def test_training_with_graphed_attacks_is_bit_identical_on_cpu(mode):
     per_attack = len(cfg.attacks)  # 4 batches (64, 64, 64, 8): eager, captured, replayed, eager
     assert (graphs.captures, graphs.replays) == (per_attack, 2 * per_attack)
     assert (la, aa) == (lb, ab) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def no_host_read_capture(fn):
+    """eager_capture, failing if the captured function reads a tensor's value on the host: a CUDA
+    graph cannot hold such a read (capture fails, or a replay reuses the captured value)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the captured attack reads a tensor value on the host")
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "numpy"):
+            mp.setattr(torch.Tensor, name, refuse)
+        return eager_capture(fn)
+
+
+@pytest.mark.parametrize("name", ["pgd", "l2", "l1", "fgsm"])
+def test_the_captured_attack_reads_nothing_back(name):
+    model = lenet()
+    spec = make_spec(name, "synthetic", steps=3) if name != "fgsm" else make_spec(name, "synthetic")
+    graphs = AttackGraphs(model, capture=no_host_read_capture)
+    for x, y in batches(2):
+        graphs.run(x, y, spec, generator=torch.Generator().manual_seed(0))
+    assert graphs.captures == 1
+
+
+def test_training_a_batchnorm_net_with_graphed_attacks_is_bit_identical_on_cpu():
+    """ResNet20: the graph's eval-mode BatchNorm reads the running statistics that the training
+    forwards update in place; crop + flip augmentation."""
+    g = torch.Generator().manual_seed(0)
+    split = loader.place(Split(torch.randint(0, 256, (40, 3, 16, 16), generator=g, dtype=torch.uint8),
+                               torch.randint(0, 10, (40,), generator=g)), "cpu")
+    cfg = training.resolve_config("cifar10", "pgd", model="resnet20", epochs=1, adv_start=0, steps=2,
+                                  batch_size=16, eps_warmup=0, augment=True)
+    runs = []
+    for use in (False, True):
+        torch.manual_seed(0)
+        model = models.create("resnet20", in_shape=(3, 16, 16), num_classes=10)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        graphs = AttackGraphs(model, capture=eager_capture) if use else None
+        training.train_epoch(model, opt, training.ClassifierObjective(cfg, graphs=graphs), split, cfg, 0, "cpu")
+        runs.append((copy.deepcopy(model.state_dict()), graphs))
+    (a, _), (b, graphs) = runs
+    assert (graphs.captures, graphs.replays) == (1, 1)  # batches of 16, 16, 8
+    assert any("running_mean" in k for k in a) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_attack_graphs_are_refused_where_they_cannot_run(tmp_path):
