@@ -49,6 +49,12 @@ def resolve_compile(compile: bool | None, device, purpose: str) -> bool:
     return default_compile(device, purpose) if compile is None else bool(compile)
 
 
+def resolve_attack_graphs(attack_graphs: bool | None, device) -> bool:
+    """`attack_graphs` as given, else the default (graphed.py): off on every device until a GPU
+    run of `make gpu-check` has shown them correct and faster (NOTES.md); then on for CUDA here."""
+    return False if attack_graphs is None else bool(attack_graphs)
+
+
 def prepare(model: nn.Module, *, precision: str = "fp32", compile: bool = False, device=None) -> nn.Module:
     """`model` set to run its forwards at `precision`; compiled when `compile` (the result is
     then torch.compile's wrapper, sharing the model's parameters and train/eval mode)."""

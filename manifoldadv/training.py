@@ -257,16 +257,18 @@ def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None
 
 
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
-          cvae=None, compile: bool | None = None, sync_bn: bool = False, attack_graphs: bool = False) -> dict:
+          cvae=None, compile: bool | None = None, sync_bn: bool = False, attack_graphs: bool | None = None) -> dict:
     """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata.
 
     compile: torch.compile the classifier (None: the device's default, see accel.py).
-    attack_graphs: replay each regular training attack as one CUDA graph (graphed.py).
+    attack_graphs: replay each regular training attack as one CUDA graph (graphed.py; None: the
+    default, accel.resolve_attack_graphs).
     With several processes (distributed.py) the outer loss goes through DistributedDataParallel
     and the attacks through the bare model; sync_bn: BatchNorm statistics over the global batch."""
     out = check_out(out, resume=resume, force=force)
     device = torch.device(device)
     world = distributed.world()
+    attack_graphs = accel.resolve_attack_graphs(attack_graphs, device)
     if attack_graphs:
         graphed.require(device, cfg.mode)
     objective = CVAEObjective() if cfg.mode == "cvae" else ClassifierObjective(cfg, cvae)

@@ -166,6 +166,10 @@ def test_attack_graphs_are_refused_where_they_cannot_run(tmp_path):
     with pytest.raises(UsageError, match="--attack-graphs"):
         training.train(cfg, load_dataset("synthetic"), device="cpu", out=tmp_path / "m.safetensors", attack_graphs=True)
     assert not (tmp_path / "m.safetensors").exists()
+    ds = load_dataset("synthetic")
+    ds.train, ds.test = ds.train.head(64), ds.test.head(32)
+    meta = training.train(cfg, ds, device="cpu", out=tmp_path / "m.safetensors")  # the default: off, recorded
+    assert meta["attack_graphs"] is False
 
 
 # ----------------------------------------------------------------------------- CUDA

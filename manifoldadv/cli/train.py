@@ -67,9 +67,10 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint at --out.")] = False,
     sync_bn: SyncBN = False,
-    attack_graphs: Annotated[bool, typer.Option(
-        "--attack-graphs", help="CUDA: replay each training attack's K steps as one CUDA graph (same results as eager; "
-                                "experimental: not yet timed on a GPU, see bench/RESULTS.md).")] = False,
+    attack_graphs: Annotated[Optional[bool], typer.Option(
+        "--attack-graphs/--no-attack-graphs",
+        help="CUDA: replay each training attack's K steps as one CUDA graph (same results as eager). Default: off "
+             "(experimental: not yet timed on a GPU, see bench/RESULTS.md).")] = None,
 ) -> None:
     """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
     dev = run.start()
