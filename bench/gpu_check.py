@@ -144,6 +144,17 @@ PGD_VARIANTS = [("linf", None), ("l2", "block"), ("l2", "registers"), ("l1", Non
 
 
 def bench_pgd(torch, ops, dev, shapes, reps) -> list:
+    chosen = os.environ.get("MANIFOLDADV_CUDA_L2")  # each l2 row sets its kernel; the caller's comes back
+    try:
+        return _bench_pgd(torch, ops, dev, shapes, reps)
+    finally:
+        if chosen is None:
+            os.environ.pop("MANIFOLDADV_CUDA_L2", None)
+        else:
+            os.environ["MANIFOLDADV_CUDA_L2"] = chosen
+
+
+def _bench_pgd(torch, ops, dev, shapes, reps) -> list:
     rows = []
     g = torch.Generator(device=dev).manual_seed(0)
     for shape in shapes:
@@ -174,7 +185,6 @@ def bench_pgd(torch, ops, dev, shapes, reps) -> list:
             say(f"pgd_step {norm} {variant or ''} {'x'.join(map(str, shape))}: {t * 1e3:.3f} ms ({moved / t / 1e9:.0f} GB/s), "
                 f"copy {t_copy * 1e3:.3f} ms: {t_copy / t:.2f} of copy; err {err:.1e}")
         del sets, src, dst
-    os.environ.pop("MANIFOLDADV_CUDA_L2", None)
     return rows
 
 

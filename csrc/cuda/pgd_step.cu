@@ -448,17 +448,20 @@ cudaError_t launch_typed(const StepParams& p, Norm norm, int num_sms, cudaStream
           x, x0, g, out, total, aligned, step_f, eps_f, lo_f, hi_f);
       break;
     }
-    case Norm::L2:
-      if (aligned && p.n % P == 0 && p.l2_in_registers && p.n / P <= 128 * 2) {
+    case Norm::L2: {
+      const bool packed = aligned && p.n % P == 0;
+      const int64_t npack = p.n / P;
+      const bool regs = packed && p.l2_in_registers;  // l2_regs_kernel's tiers, smallest first
+      if (regs && npack <= 128 * 2) {
         l2_regs_kernel<T, 128, 2><<<samples, 128, 0, stream>>>(x, x0, g, out, p.n, step_f, p.step,
                                                                 p.eps, lo_f, hi_f);
-      } else if (aligned && p.n % P == 0 && p.l2_in_registers && p.n / P <= kBlock * 2) {
+      } else if (regs && npack <= kBlock * 2) {
         l2_regs_kernel<T, kBlock, 2><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, step_f,
                                                                      p.step, p.eps, lo_f, hi_f);
-      } else if (aligned && p.n % P == 0 && p.l2_in_registers && p.n / P <= kBlock * 4) {
+      } else if (regs && npack <= kBlock * 4) {
         l2_regs_kernel<T, kBlock, 4><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, step_f,
                                                                      p.step, p.eps, lo_f, hi_f);
-      } else if (aligned && p.n % P == 0) {
+      } else if (packed) {
         l2_kernel<T, true><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, step_f, p.step,
                                                             p.eps, lo_f, hi_f);
       } else {
@@ -466,6 +469,7 @@ cudaError_t launch_typed(const StepParams& p, Norm norm, int num_sms, cudaStream
                                                              p.eps, lo_f, hi_f);
       }
       break;
+    }
     case Norm::L1:
       l1_kernel<T><<<samples, kBlock, 0, stream>>>(x, x0, g, out, p.n, p.k, step_f, p.eps, lo_f,
                                                    hi_f, p.lo, p.hi);
