@@ -260,7 +260,10 @@ def bench_train(torch, dev, budget, *, dry_run, save, reserve=0) -> list:
     sys.path.insert(0, str(ROOT / "bench"))
     from legacy_loop import legacy_epoch
 
-    from manifoldadv import accel, graphed, loader, models, training
+    from manifoldadv.runtime import accel
+    from manifoldadv.attacks import graphed
+    from manifoldadv.data import loader
+    from manifoldadv import models, training
 
     rows, data_cache = [], {}
     for data, model_name, steps, n, loop, precision, compile, graphs, estimate in TRAIN_ROWS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from manifoldadv.evaluate import make_generator
+from manifoldadv.evaluation import make_generator
 from manifoldadv.training import epoch_seed
 
 

@@ -334,7 +334,8 @@ TRAIN_CASES = [  # (data, model, PGD steps, batches timed per call)
 def bench_train(*, quick, log):
     """images/s of the new training loop and of the old one, round-robin, same data and seeds."""
     from legacy_loop import legacy_epoch
-    from manifoldadv import loader, models, training
+    from manifoldadv.data import loader
+    from manifoldadv import models, training
     from manifoldadv.data import CIFAR_MEAN, CIFAR_STD, MNIST_MEAN, MNIST_STD, Split
 
     rows = []

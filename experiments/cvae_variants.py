@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from manifoldadv import checkpoint, data, spectrum, training
+from manifoldadv import checkpoint, data, training
+from manifoldadv.evaluation import spectrum
 from manifoldadv.attacks import make_spec
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from manifoldadv import spectrum
+from manifoldadv.evaluation import spectrum
 
 FLOORS = (1e-6, 1e-8, 1e-10, 1e-12)
 TOPS = (5, 10, 30)

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from manifoldadv import checkpoint, console, data
-from manifoldadv.audit import audit
-from manifoldadv.outputs import atomic_write_text
+from manifoldadv import checkpoint, data
+from manifoldadv.runtime import console
+from manifoldadv.evaluation.audit import audit
+from manifoldadv.runtime.outputs import atomic_write_text
 from manifoldadv.runtime import versions
 from manifoldadv.study import Study
 

@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from . import models
 from .errors import CheckpointError
-from .outputs import atomic_write_bytes
+from .runtime.outputs import atomic_write_bytes
 
 FORMAT = "manifoldadv-checkpoint"
 FORMAT_VERSION = 1

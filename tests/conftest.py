@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from manifoldadv import accel
+from manifoldadv.runtime import accel
 
 # MANIFOLDADV_TEST_MNIST points elsewhere (a GPU machine gets a carried copy)
 SHARED_MNIST = Path(os.environ.get("MANIFOLDADV_TEST_MNIST")

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from manifoldadv import accel, checkpoint, models, spectrum, training
+from manifoldadv.runtime import accel
+from manifoldadv import checkpoint, models, training
+from manifoldadv.evaluation import spectrum
 from manifoldadv.attacks import frozen, make_spec, perturb
 from manifoldadv.data import load_dataset
-from manifoldadv.evaluate import attack_accuracy, clean_accuracy
+from manifoldadv.evaluation import attack_accuracy, clean_accuracy
 
 from helpers import assert_usage_error, cli, cli_json
 

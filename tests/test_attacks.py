@@ -7,7 +7,7 @@ from manifoldadv import models, training
 from manifoldadv.errors import UsageError
 from manifoldadv.attacks import AttackSpec, make_spec, maximize, perturb, spec_for
 from manifoldadv.data import make_synthetic
-from manifoldadv.evaluate import attack_accuracy, clean_accuracy
+from manifoldadv.evaluation import attack_accuracy, clean_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from manifoldadv import checkpoint, ops, outputs, training
+from manifoldadv import checkpoint, ops
+from manifoldadv.training import loop as training  # the loop module: hooks replace its functions
+from manifoldadv.runtime import outputs
 from manifoldadv.errors import UsageError
 
 from helpers import assert_error, cli, cli_json, write_fake_mnist

@@ -7,10 +7,12 @@ import warnings
 import pytest
 import torch
 
-from manifoldadv import accel, checkpoint, loader, models, training
+from manifoldadv.runtime import accel
+from manifoldadv import checkpoint, models, training
+from manifoldadv.data import loader
 from manifoldadv.attacks import make_spec
 from manifoldadv.data import Dataset, Split, load_dataset
-from manifoldadv.evaluate import attack_accuracy, clean_accuracy
+from manifoldadv.evaluation import attack_accuracy, clean_accuracy
 
 pytestmark = pytest.mark.cuda
 

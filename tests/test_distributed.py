@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # pid) and, for PAUSE_EPOCH, pause there so that a kill lands inside the epoch.
 RUNNER = textwrap.dedent("""
     import os, sys, time
-    from manifoldadv import training
+    from manifoldadv.training import loop as training
     from manifoldadv.cli import main
     pause, real = int(os.environ.get("PAUSE_EPOCH", "-1")), training.train_epoch
 
@@ -200,7 +200,7 @@ def test_an_unknown_backend_is_one_line_per_process(tmp_path, runner):
 def _resume_from(rank, init, epochs, results):
     import torch.distributed as dist
 
-    from manifoldadv import training
+    from manifoldadv.training import loop as training
     from manifoldadv.errors import CheckpointError
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)

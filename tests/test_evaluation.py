@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from manifoldadv import external, training, checkpoint
+from manifoldadv.attacks import external
+from manifoldadv import training, checkpoint
 from manifoldadv.attacks import make_spec, perturb, spec_for
-from manifoldadv.audit import Auditor, audit
+from manifoldadv.evaluation.audit import Auditor, audit
 from manifoldadv.data import load_dataset
 from manifoldadv.errors import UsageError
-from manifoldadv.evaluate import batch_generator
+from manifoldadv.evaluation import batch_generator
 
 from helpers import assert_error, cli, cli_json
 

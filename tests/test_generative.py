@@ -8,7 +8,7 @@ import torch
 from manifoldadv import models, training
 from manifoldadv.attacks import latent_search, make_spec, perturb, spec_for, with_overrides
 from manifoldadv.data import make_synthetic
-from manifoldadv.evaluate import attack_accuracy
+from manifoldadv.evaluation import attack_accuracy
 
 
 @pytest.fixture(scope="module")

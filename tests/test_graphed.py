@@ -9,11 +9,13 @@ import copy
 import pytest
 import torch
 
-from manifoldadv import graphed, loader, models, training
+from manifoldadv.attacks import graphed
+from manifoldadv.data import loader
+from manifoldadv import models, training
 from manifoldadv.attacks import make_spec, perturb, with_overrides
 from manifoldadv.data import Split, load_dataset
 from manifoldadv.errors import UsageError
-from manifoldadv.graphed import AttackGraphs, eager_capture
+from manifoldadv.attacks.graphed import AttackGraphs, eager_capture
 
 
 def lenet(seed=0, device="cpu"):

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent("""
     import os, sys, time
     import torch
     torch.set_num_threads(1)
-    from manifoldadv import training
+    from manifoldadv.training import loop as training
     from manifoldadv.cli import main
     slow_save, pause_epoch = int(os.environ.get("SLOW_SAVE", "0")), int(os.environ.get("PAUSE_EPOCH", "-1"))
     real_epoch, real_replace, saves = training.train_epoch, os.replace, []

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from manifoldadv import loader
+from manifoldadv.data import loader
 from manifoldadv.data import Split
 
 

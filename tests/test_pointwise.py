@@ -6,8 +6,8 @@ import torch
 
 from manifoldadv.attacks import make_spec, perturb
 from manifoldadv.data import Split
-from manifoldadv.evaluate import attack_accuracy
-from manifoldadv.pointwise import pointwise
+from manifoldadv.evaluation import attack_accuracy
+from manifoldadv.attacks.pointwise import pointwise
 
 
 class Linear2(torch.nn.Module):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from manifoldadv import checkpoint, training
+from manifoldadv import checkpoint
+from manifoldadv.training import loop as training  # the loop module: hooks replace its functions
 
 from helpers import assert_usage_error, cli, cli_json
 
@@ -42,7 +43,8 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
 
 def test_theory_table_renders_from_strict_json():
     """results.json writes inf (the z of a rejected paper form) as null; the report reads it back."""
-    from manifoldadv import console, report
+    from manifoldadv.runtime import console
+    from manifoldadv.study import report
 
     rows = [{"check": "Thm 2: paper's form rejected", "case": "toy", "error": float("inf"), "tolerance": 4.0,
              "kind": "z>", "passed": True},

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from manifoldadv.data import Split
-from manifoldadv.spectrum import (PerturbationEnergy, SetSpectrum, accumulate, class_spectra, plot, summarize,
+from manifoldadv.evaluation.spectrum import (PerturbationEnergy, SetSpectrum, accumulate, class_spectra, plot, summarize,
                                   top_directions)
 
 from helpers import assert_usage_error, cli, cli_json

@@ -13,8 +13,8 @@ try:  # typer >= 0.2x vendors click; its exceptions derive from TyperException
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import ClickException as CliError
 
-from .. import console
-from ..distributed import PeerLost, stop
+from ..runtime import console
+from ..runtime.distributed import PeerLost, stop
 from ..errors import ManifoldError
 
 DEBUG_ENV = "MANIFOLDADV_DEBUG"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..accel import PRECISIONS
+from ..runtime.accel import PRECISIONS
 from ..data import DATASETS
 
 
@@ -77,8 +77,8 @@ class Run:
     def start(self):
         """Apply --quiet and --seed, resolve --device and, under torchrun, join the process group
         (this rank's device); returns the torch device."""
-        from .. import distributed
-        from ..console import only_rank_zero_speaks, set_quiet
+        from ..runtime import distributed
+        from ..runtime.console import only_rank_zero_speaks, set_quiet
         from ..runtime import resolve_device, seed_everything
 
         set_quiet(self.quiet)

@@ -9,11 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import accel, checkpoint, console
+from ..runtime import accel, console
+from .. import checkpoint
 from ..attacks import ATTACKS, WORST, describe, kind, spec_for, worst_name
 from ..config import defaults
 from ..errors import UsageError
-from ..evaluate import attack_accuracy
+from ..evaluation import attack_accuracy
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, Checkpoints, Run, shared
 from .common import checkpoints_dataset, dataset as load_data, load_cvae

@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import accel, checkpoint, console
-from ..audit import audit as run_audit, failed
+from ..runtime import accel, console
+from .. import checkpoint
+from ..evaluation.audit import audit as run_audit, failed
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, Checkpoints, Run, shared
 from .common import checkpoints_dataset, dataset as load_data, load_cvae

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, console
+from .. import checkpoint
+from ..runtime import console
 from ..data import load_dataset
 
 

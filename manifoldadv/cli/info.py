@@ -7,7 +7,8 @@ import os
 import torch
 from rich.table import Table
 
-from .. import console, ops
+from ..runtime import console
+from .. import ops
 from ..runtime import versions
 from ._app import app
 from ._options import Run, shared

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import console, reproduce as study_run
+from ..runtime import console
+from ..study import reproduce as study_run
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, SyncBN, Data, DataName, Run, shared
 from . import common

@@ -11,11 +11,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import accel, checkpoint, console, outputs
-from ..outputs import atomic_write_text
+from ..runtime import accel, console, outputs
+from .. import checkpoint
+from ..runtime.outputs import atomic_write_text
 from ..attacks import ATTACKS
 from ..errors import UsageError
-from ..spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
+from ..evaluation.spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, DataName, Run, shared
 from .common import checkpoints_dataset, dataset as load_data

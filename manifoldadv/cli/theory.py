@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import console, distributed, outputs
+from ..runtime import console, distributed, outputs
 from .. import theory as T
 from ..errors import UsageError
 from ..theory import reports as R

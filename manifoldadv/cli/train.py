@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import checkpoint, console, graphed, outputs, training
+from .. import checkpoint, training
+from ..runtime import console, outputs
+from ..attacks import graphed
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, SyncBN, Data, DataName, Run, shared
 from .common import dataset as load_data, load_cvae

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..accel import AUTOCAST_DTYPE
+from ..runtime.accel import AUTOCAST_DTYPE
 from ..errors import UsageError
 
 

@@ -163,7 +163,7 @@ class ClassCovariance:
         """With several processes, every process's state merged into every process's, by Chan's
         update in rank order (the merge the kernel does between batches), so the result is the
         one process's to float64 rounding."""
-        from .. import distributed
+        from ..runtime import distributed
 
         if distributed.world() == 1:
             return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import outputs
+from ..runtime import outputs
 from .closed_form import as_spectrum, ppca
 from .excess_risk import corollary3, latent_excess_perturbation, original_excess_risk
 from .saddle import amplification, latent_saddle, original_saddle, rank_q_latent_ratio

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .. import console
+from ..runtime import console
 from ..errors import UsageError
 from .checks import Case, verify
 from .closed_form import STRATEGIES, as_spectrum, ppca, strategy_spectra

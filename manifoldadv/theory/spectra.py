@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import console
+from ..runtime import console
 from ..errors import UsageError
 from .closed_form import as_spectrum, ppca
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from . import paper
-from .attacks import describe
-from .outputs import save_figure
+from ..attacks import describe
+from ..runtime.outputs import save_figure
 
 NAMES = {"std": "Std training", "fgsm": "FGSM-adv", "pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint (PGD+VAE)",
          "l1": "l1-adv", "joint-lp": "joint (l1+linf)"}

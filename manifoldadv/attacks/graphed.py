@@ -22,9 +22,11 @@ from typing import Callable
 
 import torch
 
-from . import console, ops
-from .errors import UsageError
-from .attacks import AttackSpec, cross_entropy, descend, frozen, start
+from ..runtime import console
+from .. import ops
+from ..errors import UsageError
+from .loop import cross_entropy, descend, frozen, start
+from .registry import AttackSpec
 
 LO, HI = 0.0, 1.0  # regular attacks work on images in [0, 1]
 

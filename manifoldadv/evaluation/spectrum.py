@@ -28,10 +28,12 @@ import torch
 
 from pathlib import Path
 
-from . import accel, checkpoint, console, distributed, loader, ops
-from .attacks import perturb, reconstruct, spec_for
-from .errors import UsageError
-from .evaluate import batch_generator
+from ..runtime import accel, console, distributed
+from .. import checkpoint, ops
+from ..data import loader
+from ..attacks import perturb, reconstruct, spec_for
+from ..errors import UsageError
+from .accuracy import batch_generator
 
 TOP = 30
 DEFAULT_FLOOR_REL = 1e-6
@@ -175,7 +177,7 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .outputs import save_figure
+    from ..runtime.outputs import save_figure
 
     classes = [c for c in classes if all(c in s.eigenvalues for s in sets)]
     fig, axes = plt.subplots(len(classes), 3, figsize=(13, 3.2 * len(classes)), squeeze=False)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import distributed
-from .data import Split
+from ..runtime import distributed
+from .datasets import Split
 
 DEVICE_FRACTION = 0.25
 PAD = 4

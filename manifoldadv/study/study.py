@@ -19,12 +19,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import accel, checkpoint, console, external, outputs, training
-from .attacks import KINDS, kind, spec_for
-from .config import defaults
-from .outputs import atomic_write_text
-from .data import Dataset
-from .evaluate import attack_accuracy
+from ..runtime import accel, console, outputs
+from .. import checkpoint, training
+from ..attacks import external
+from ..attacks import KINDS, kind, spec_for
+from ..config import defaults
+from ..runtime.outputs import atomic_write_text
+from ..data import Dataset
+from ..evaluation import attack_accuracy
 
 TABLE1_ROWS = ("clean", "fgsm", "pgd", "vae")
 TABLE1_COLS = ("std", "fgsm", "pgd", "vae", "joint")
@@ -176,7 +178,7 @@ class Study:
 
     def audits(self, ds: Dataset) -> dict:
         """mode -> the audit's checks of every trained classifier (cached by checkpoint and settings)."""
-        from .audit import audit
+        from ..evaluation.audit import audit
 
         out, path = {}, self.run_dir / "results" / "audit.json"
         test = self.checked(ds.test, full=AUDIT_EXAMPLES)

@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 EXTRA = "pip install 'manifoldadv[eval]'"
 AA_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UsageError
+from ..errors import UsageError
 
 PRECISIONS = ("fp32", "bf16")
 AUTOCAST_DTYPE = {"fp32": None, "bf16": torch.bfloat16}

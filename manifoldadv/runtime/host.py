@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import UsageError
+from .. import __version__
+from ..errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -43,7 +43,7 @@ def derive_seed(seed: int, index: int, salt: int) -> int:
 def versions() -> dict[str, str | bool | None]:
     """What made a result: package versions, the extension, and the code's git commit (with
     whether the working tree had uncommitted changes; None outside a git checkout)."""
-    from . import ops
+    from .. import ops
 
     commit, dirty = git_state()
     return {

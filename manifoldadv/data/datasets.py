@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError, UsageError
+from ..errors import DataError, UsageError
 
 DATA_ENV = "MANIFOLDADV_DATA"
 

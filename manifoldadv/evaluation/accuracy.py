@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from . import console, distributed, loader
-from .attacks import AttackSpec, frozen, perturb
-from .runtime import derive_seed
+from ..runtime import console, distributed
+from ..data import loader
+from ..attacks import AttackSpec, frozen, perturb
+from ..runtime import derive_seed
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import distributed, loader
-from .attacks import AttackSpec, perturb, with_overrides
-from .data import Split
-from .evaluate import batch_generator, clean_accuracy
+from ..runtime import distributed
+from ..data import loader
+from ..attacks import AttackSpec, perturb, with_overrides
+from ..data import Split
+from ..evaluation import batch_generator, clean_accuracy
 
 
 def mean(per_sample: torch.Tensor, shard) -> torch.Tensor:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
 _LEGACY_TMP_AGE_S = 600  # temporaries of the earlier naming carry no pid: removed once this old
 

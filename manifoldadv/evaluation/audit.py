@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import external, loader
-from .attacks import AttackSpec, frozen, latent_search, make_spec, perturb, with_overrides
-from .evaluate import make_generator
+from ..attacks import external
+from ..data import loader
+from ..attacks import AttackSpec, frozen, latent_search, make_spec, perturb, with_overrides
+from .accuracy import make_generator
 
 EPS_GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of the budget for the monotonicity check
 MONOTONE_SLACK = 0.01  # share of examples robust at a larger eps but not at a smaller one

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import accel, console, outputs, paper, report
-from .checkpoint import digest, load
-from .outputs import atomic_write_text
-from .data import Dataset
-from .runtime import versions
-from .spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, compute, plot, summarize_all
+from ..runtime import accel, console, outputs
+from . import paper, report
+from ..checkpoint import digest, load
+from ..runtime.outputs import atomic_write_text
+from ..data import Dataset
+from ..runtime import versions
+from ..evaluation.spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, compute, plot, summarize_all
 from .study import ALL_MODES, AUDIT_EXAMPLES, Study
 
 THEORY_SAMPLES = {"quick": 20_000, "full": 200_000}
@@ -76,7 +77,7 @@ def spectra_step(study: Study, ds: Dataset) -> dict:
 
 
 def theory_step(study: Study) -> dict:
-    from .theory import save_figure, theory_figure, verify
+    from ..theory import save_figure, theory_figure, verify
 
     samples = THEORY_SAMPLES["quick" if study.quick else "full"]
     # version 2: checks that cannot apply to a case say so (passed: null) instead of passing

@@ -20,7 +20,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-from .errors import ManifoldError
+from ..errors import ManifoldError
 
 TIMEOUT_ENV = "MANIFOLDADV_DIST_TIMEOUT"  # seconds a collective waits for a silent peer (default 300)
 BACKEND_ENV = "MANIFOLDADV_DIST_BACKEND"  # nccl or gloo (default: nccl on CUDA, gloo on CPU)

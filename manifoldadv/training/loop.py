@@ -25,14 +25,17 @@ from pathlib import Path
 
 import torch
 
-from . import accel, checkpoint, console, distributed, graphed, loader, models, outputs
-from .attacks import KINDS, AttackSpec, spec_for
-from .config import Schedule, defaults
-from .data import Dataset, Split
-from .errors import CheckpointError, TrainingError, UsageError
-from .evaluate import make_generator
-from .objectives import ClassifierObjective, CVAEObjective, Elbo, cvae_test_metrics  # noqa: F401  (API)
-from .runtime import derive_seed, versions
+from ..runtime import accel, console, distributed, outputs
+from .. import checkpoint, models
+from ..attacks import graphed
+from ..data import loader
+from ..attacks import KINDS, AttackSpec, spec_for
+from ..config import Schedule, defaults
+from ..data import Dataset, Split
+from ..errors import CheckpointError, TrainingError, UsageError
+from ..evaluation import make_generator
+from .objectives import ClassifierObjective, CVAEObjective, Elbo
+from ..runtime import derive_seed, versions
 
 MODES: dict[str, tuple[str, ...]] = {
     "std": (),
