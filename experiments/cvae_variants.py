@@ -17,6 +17,7 @@ eigenvalue), with the CVAE's test NELBO and reconstruction MSE.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -70,11 +71,11 @@ def main(argv=None) -> None:
     if args.kind == "gaussian":
         tag = f"{args.value:g}"
         ck = cvae_dir / f"cvae-gauss-{tag}.safetensors"
-        cfg.model_kwargs = {**cfg.model_kwargs, "likelihood": "gaussian", "sigma": args.value}
-        cvaes = {"bernoulli": str(args.run_dir / "mnist-cvae.safetensors"), f"gauss{tag}": str(ck)}
+        cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "likelihood": "gaussian", "sigma": args.value})
+        cvaes = {"bernoulli": str(args.run_dir / training.mode("cvae").checkpoint_name("mnist")), f"gauss{tag}": str(ck)}
     else:
         ck = cvae_dir / f"cvae-latent{args.value}.safetensors"
-        cfg.model_kwargs = {**cfg.model_kwargs, "latent": args.value}
+        cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "latent": args.value})
         cvaes = {f"latent{args.value}": str(ck)}
     cvae_dir.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         training.train(cfg, ds, device=dev, out=ck)
         print("trained", time.perf_counter() - t, flush=True)
-    model, _ = checkpoint.load_model(args.run_dir / "mnist-vae.safetensors", kind="classifier", device=dev)
+    model, _ = checkpoint.load_model(args.run_dir / training.mode("vae").checkpoint_name("mnist"), kind="classifier", device=dev)
     counts, _, covs = spectrum.accumulate(ds.test, classes, device=dev)
     clean = spectrum.SetSpectrum("clean", None, "none", counts.cpu().numpy(),
                                  spectrum.class_spectra(counts, covs, classes))

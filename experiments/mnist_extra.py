@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from manifoldadv.training import mode as mode_kind
+
 STEPS = ("pgd40-epoch24", "l1-default-2000", "l1-strong-2000", "latent", "std-seed1")
 
 
@@ -32,21 +34,23 @@ def commands(args) -> dict[str, list[tuple[list[str], Path | None, Path]]]:
     run, paper, out = args.run_dir, args.paper_run_dir, args.out
     data = ["--data-root", str(args.data_root)] if args.data_root is not None else []
     common = [*data, "--seed", str(args.seed), "--device", args.device, "--json"]
-    pgd40 = args.pgd40 if args.pgd40 is not None else paper / "mnist-pgd.safetensors"
-    cvae = paper / "mnist-cvae.safetensors"
-    lp = [run / f"mnist-{m}.safetensors" for m in ("pgd", "l1", "joint-lp")]
+    def ck(folder, mode):  # the study's checkpoint of `mode`
+        return folder / mode_kind(mode).checkpoint_name("mnist")
+
+    pgd40 = args.pgd40 if args.pgd40 is not None else ck(paper, "pgd")
+    cvae = ck(paper, "cvae")
+    lp = [ck(run, m) for m in ("pgd", "l1", "joint-lp")]
     seed1 = args.train_dir / "mnist-std-seed1.safetensors"
 
     def attack(name, checkpoints, *options):
         return (["attack", *map(str, checkpoints), *options, *common], out / f"{name}.json", out / f"{name}.log")
 
     return {
-        "pgd40-epoch24": [attack("pgd40-epoch24", [paper / "mnist-std.safetensors", pgd40], "--attacks", "clean,fgsm,pgd")],
+        "pgd40-epoch24": [attack("pgd40-epoch24", [ck(paper, "std"), pgd40], "--attacks", "clean,fgsm,pgd")],
         "l1-default-2000": [attack("l1-default-2000", lp, "--attacks", "l1", "--limit", "2000")],
         "l1-strong-2000": [attack("l1-strong-2000", lp, "--attacks", "l1", "--steps", "200", "--restarts", "3",
                                   "--limit", "2000")],
-        "latent": [attack("latent", [paper / "mnist-std.safetensors", run / "mnist-fgsm.safetensors",
-                                     run / "mnist-pgd.safetensors", paper / "mnist-vae.safetensors"],
+        "latent": [attack("latent", [ck(paper, "std"), ck(run, "fgsm"), ck(run, "pgd"), ck(paper, "vae")],
                           "--attacks", "vae,vae-pgd", "--cvae", str(cvae))],
         # --resume: a re-run continues an interrupted training (bit-identical) instead of starting over
         "std-seed1": [(["train", "--data", "mnist", *data, "--mode", "std", "--seed", "1", "--device", args.device,

@@ -97,7 +97,6 @@ DEFAULTS: dict[str, DataDefaults] = {
 
 
 def defaults(dataset: str) -> DataDefaults:
-    dataset = str(getattr(dataset, "value", dataset))
     if dataset not in DEFAULTS:
         raise UsageError(f"unknown data set {dataset!r}; choose one of {', '.join(DEFAULTS)}")
     return DEFAULTS[dataset]

@@ -351,6 +351,22 @@ def test_corrupt_study_cache_is_named_moved_aside_and_rebuilt(quick_study, name)
     assert len(list((run / "results").glob(f"{name}.corrupt-*"))) == 1
 
 
+@pytest.mark.parametrize("name", ["evals.json", "spectra.json"])
+def test_cache_of_another_version_is_rebuilt_with_one_line(quick_study, name):
+    """A cache without this version's format (the shape older versions wrote: keys to rows) is
+    not read: one log line, and the study recomputes what it needs."""
+    run, args, first = quick_study
+    path = run / "results" / name
+    path.write_text(json.dumps({'["synthetic-std.safetensors", "0" , {"name": "clean"}]': {"accuracy": 0.0}}))
+    r = cli(*args, "--json")
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "written by another version" in ln]
+    assert lines == [f"{path} was written by another version of manifoldadv: rebuilding it"]
+    again = json.loads(r.stdout)
+    assert again["table1"] == first["table1"] and again["spectra"]["summary"] == first["spectra"]["summary"]
+    assert json.loads(path.read_text())["format"] == outputs.CACHE_FORMAT
+
+
 def test_auto_trained_cvae_records_the_subset_it_saw(tmp_path):
     out = tmp_path / "vae.safetensors"
     cli_json("train", *SYN, "--mode", "vae", "--epochs", "2", "--adv-start", "1", "--out", out)

@@ -28,7 +28,7 @@ def test_train_each_regular_mode_end_to_end(tmp_path, mode):
     ck = checkpoint.load(out, kind="classifier")
     assert ck.meta["hparams"]["attacks"] == meta["hparams"]["attacks"]
     names = [a["name"] for a in meta["hparams"]["attacks"]]
-    assert names == list(training.MODES[mode])
+    assert names == list(training.MODES[mode].attacks)
     # the default ramp (2 epochs on synthetic) is cut to the one adversarial epoch, and recorded so
     assert meta["hparams"]["eps_warmup"] == (0 if mode == "std" else 1)
     assert meta["hparams"]["clean_weight"] == (0.5 if mode == "fgsm" else 0.0)

@@ -1,5 +1,6 @@
 """The generative side: CVAE training, the latent-space attack and its budget."""
 
+import dataclasses
 import math
 
 import pytest
@@ -35,7 +36,7 @@ def trained_pair(small, tmp_path_factory):
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_cvae_loss_decreases_on_synthetic(small, tmp_path, likelihood):
     cfg = training.resolve_config("synthetic", "cvae", epochs=4, seed=0)
-    cfg.model_kwargs = {**cfg.model_kwargs, "likelihood": likelihood, "sigma": 0.1}
+    cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "likelihood": likelihood, "sigma": 0.1})
     torch.manual_seed(0)
     fresh = models.create(cfg.model, in_shape=small.shape, num_classes=10, **cfg.model_kwargs)
     before = training.cvae_test_metrics(fresh, small.test, "cpu")

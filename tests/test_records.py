@@ -54,6 +54,6 @@ def test_evaluations_of_a_latent_attack_follow_the_cvae(tmp_path):
     import json
 
     evals = run / "results" / "evals.json"
-    assert len(json.loads(evals.read_text())) == 1
+    assert len(json.loads(evals.read_text())["entries"]) == 1
     study.accuracy("std", "vae", ds)
-    assert len(json.loads(evals.read_text())) == 2  # the replaced CVAE made a second row: none was reused
+    assert len(json.loads(evals.read_text())["entries"]) == 2  # the replaced CVAE made a second row: none was reused

@@ -60,10 +60,10 @@ def eager_capture(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], t
     return (lambda: out.copy_(fn())), out
 
 
-def require(device, mode: str) -> None:
+def require(device, mode) -> None:
     """--attack-graphs refused where it cannot work, in one line saying why."""
     device = torch.device(device)
-    why = ("mode cvae trains no attack" if mode == "cvae" else
+    why = (f"mode {mode.name} trains no attack" if mode.generator else
            f"attack graphs are CUDA graphs; the device is {device.type}" if device.type != "cuda" else
            "it needs the compiled CUDA pgd_step (the reference synchronises); run make setup"
            if not ops.has_kernel("pgd_step_", "cuda") else "")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, replace
 
-from . import external
 from .pointwise import VERSION as POINTWISE_VERSION
 from ..config import defaults
 from ..errors import UsageError

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..runtime.accel import PRECISIONS
 from ..data import DATASETS
+from ..runtime.accel import PRECISIONS
+from ..training import MODES, STRATEGIES
 
 
 class Device(str, Enum):
@@ -18,7 +19,10 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+# choices follow the registries; commands receive the plain values (see `shared`)
 DataName = Enum("DataName", {name: name for name in DATASETS}, type=str)
+ModeName = Enum("ModeName", {m: m for m in MODES}, type=str)
+StrategyName = Enum("StrategyName", {s: s for s in STRATEGIES}, type=str)
 
 
 Checkpoints = Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)]
@@ -55,6 +59,12 @@ Compile = Annotated[
 ]
 
 
+Mode = Annotated[ModeName, typer.Option("--mode", help="Training mode.")]
+Strategy = Annotated[StrategyName, typer.Option("--strategy", help="Joint modes: average their attacks' losses or take the per-example max.")]
+FullChecks = Annotated[Optional[bool], typer.Option(
+    "--full-checks/--subset-checks",
+    help="AutoAttack and the audit on every test example, or on the first 1000 (the same ones for every model; "
+         "the report says how many). Default: every example on CUDA, the subset on CPU; quick runs use a small subset.")]
 SyncBN = Annotated[bool, typer.Option("--sync-bn", help="With several processes (torchrun), BatchNorm statistics over the whole batch rather than each process's part.")]
 
 # ------------------------------------------------------------------ options every command shares
@@ -69,7 +79,7 @@ class Run:
     """The shared options of one invocation (see `shared`), as attributes."""
 
     def __init__(self, **options):
-        self.precision = PrecisionName.fp32
+        self.precision = "fp32"
         self.compile = self.data_root = self.limit = None
         self.download = False
         self.__dict__.update(options)
@@ -83,17 +93,26 @@ class Run:
 
         set_quiet(self.quiet)
         seed_everything(self.seed)
-        device = distributed.start(resolve_device(getattr(self.device, "value", self.device)))
+        device = distributed.start(resolve_device(self.device))
         only_rank_zero_speaks(distributed.is_main())
         return device
 
 
-def shared(*groups: dict):
-    """A command `fn(run: Run, **own_options)` with the options of `groups` appended to its
-    own: Typer sees one signature, the function gets them gathered in `run`."""
+def plain(value):
+    """A choice as its plain value: the library never sees a Typer enum."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def shared(*groups: dict, base: dict = RUN_OPTIONS, options: type = None, defaults: dict | None = None):
+    """A command `fn(run: Run, **own_options)` with the options of `base` and `groups` appended
+    to its own: Typer sees one signature, the function gets them gathered in `run` (an `options`
+    instance, Run by default) and every choice as its plain value. defaults: per-command defaults
+    of shared options."""
     import inspect
 
-    extra = {k: v for g in (RUN_OPTIONS, *groups) for k, v in g.items()}
+    extra = {k: v for g in (base, *groups) for k, v in g.items()}
+    extra = {k: (a, (defaults or {}).get(k, d)) for k, (a, d) in extra.items()}
+    cls = options or Run
 
     def wrap(fn):
         own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
@@ -101,7 +120,8 @@ def shared(*groups: dict):
                   for k, (a, d) in extra.items()]
 
         def command(**kw):
-            return fn(Run(**{k: kw.pop(k) for k in extra}), **kw)
+            kw = {k: plain(v) for k, v in kw.items()}
+            return fn(cls(**{k: kw.pop(k) for k in extra}), **kw)
 
         command.__name__, command.__doc__, command.__module__ = fn.__name__, fn.__doc__, fn.__module__
         command.__signature__ = inspect.Signature(own + params)

@@ -121,7 +121,7 @@ def attack(
     ds = load_data(data_name, run.data_root, run.limit, run.download)
     rows = run_matrix(checkpoints, names, ds, dev, cvae_model=cvae_model, cvae_path=cvae, eps=eps, l1_eps=l1_eps,
                       l2_eps=l2_eps, latent_eps=latent_eps, steps=steps, step_size=step_size, restarts=restarts,
-                      batch_size=batch_size, seed=run.seed, precision=run.precision.value, compile=run.compile)
+                      batch_size=batch_size, seed=run.seed, precision=run.precision, compile=run.compile)
     if run.json_out:
         console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": run.seed, "results": rows})
         return

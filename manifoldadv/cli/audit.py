@@ -54,7 +54,7 @@ def audit(
     models = []
     for path, meta in zip(checkpoints, metas):
         model, _ = checkpoint.load_model(path, kind="classifier", device=dev, dataset=data_name)
-        model = accel.prepare(model, precision=run.precision.value, compile=compiled, device=dev)
+        model = accel.prepare(model, precision=run.precision, compile=compiled, device=dev)
         with console.doing(f"while auditing {path}", "audit writes nothing"):
             checks = run_audit(model, ds.test, data_name, device=dev, n=examples, eps=eps, steps=steps,
                                batch_size=batch_size, seed=run.seed, cvae=cvae_model, num_classes=ds.num_classes)

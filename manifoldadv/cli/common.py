@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from .. import checkpoint
 from ..runtime import console
@@ -12,7 +11,6 @@ from ..data import load_dataset
 
 
 def dataset(name, data_root, limit, download, seed=0):
-    name = getattr(name, "value", name)
     console.log(f"loading {name} ...")
     return load_dataset(name, data_root, limit=limit, download=download, seed=seed)
 
@@ -39,6 +37,6 @@ def study(run, data: str, run_dir: Path, *, strategy, **options):
     torchrun group), seed and precision, the study's own options."""
     from ..study import Study
 
-    s = Study(data, run_dir, run.start(), seed=run.seed, strategy=strategy.value, precision=run.precision.value,
+    s = Study(data, run_dir, run.start(), seed=run.seed, strategy=strategy, precision=run.precision,
               compile=run.compile, **options)
     return s, s.subset(dataset(data, run.data_root, run.limit, run.download))

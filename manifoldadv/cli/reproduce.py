@@ -10,9 +10,8 @@ import typer
 from ..runtime import console
 from ..study import reproduce as study_run
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, SyncBN, Data, DataName, Run, shared
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, FullChecks, Run, Strategy, StrategyName, SyncBN, shared
 from . import common
-from .train import Strategy
 
 
 @app.command()
@@ -22,18 +21,19 @@ def reproduce(
     data: Data = DataName.synthetic,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", file_okay=False, help="Output folder (default runs/<data>).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets: a smoke run; the report says so.")] = False,
-    strategy: Annotated[Strategy, typer.Option("--strategy", help="Joint-training strategy.")] = Strategy.avg,
+    strategy: Strategy = StrategyName.avg,
     theory: Annotated[bool, typer.Option("--theory/--no-theory", help="Run `theory verify` into the report.")] = True,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
-    autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows of Tables 1 and 2 (default: when pyautoattack is installed; quick runs use the first 100 test examples).")] = None,
+    autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows of Tables 1 and 2 (default: when pyautoattack is installed; on a subset of the test set: see --full-checks).")] = None,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Audit every trained model (see `manifoldadv audit`) into the report.")] = True,
+    full_checks: FullChecks = None,
     sync_bn: SyncBN = False,
 ) -> None:
     """Train every model of the study, run the attack matrix, spectra, trade-offs and theory checks,
     and write report.md, results.json and figures into the run directory (re-runs resume)."""
-    run_dir = run_dir or Path("runs") / data.value
-    study, ds = common.study(run, data.value, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
-                             autoattack=autoattack, audit=audit, sync_bn=sync_bn)
+    run_dir = run_dir or Path("runs") / data
+    study, ds = common.study(run, data, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
+                             autoattack=autoattack, audit=audit, full_checks=full_checks, sync_bn=sync_bn)
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
                            "rerun the same command to continue"):
         results = study_run.run(study, ds, theory=theory)

@@ -12,7 +12,6 @@ import typer
 from rich.table import Table
 
 from ..runtime import accel, console, outputs
-from .. import checkpoint
 from ..runtime.outputs import atomic_write_text
 from ..attacks import ATTACKS
 from ..errors import UsageError
@@ -90,15 +89,15 @@ def spectrum(
             outputs.check_file(path, what)
     checkpoints = checkpoints or []
     data_name, _ = checkpoints_dataset(checkpoints)
-    data_name = data_name or (data.value if data else "synthetic")
-    if data is not None and data.value != data_name:
-        raise UsageError(f"--data {data.value} does not match the checkpoints' data set {data_name}")
+    data_name = data_name or (data if data else "synthetic")
+    if data is not None and data != data_name:
+        raise UsageError(f"--data {data} does not match the checkpoints' data set {data_name}")
     ds = load_data(data_name, run.data_root, run.limit, run.download)
     cls = parse_classes(classes, ds.num_classes)
     top = top or ds.info.get("manifold_rank", TOP)
     compiled = accel.resolve_compile(run.compile, dev, "eval")
-    sets = compute(checkpoints, ds, cls, dev, attack=attack.value, cvae=cvae, batch_size=batch_size, seed=run.seed,
-                   reconstructions=recon, top=top, precision=run.precision.value, compile=compiled)
+    sets = compute(checkpoints, ds, cls, dev, attack=attack, cvae=cvae, batch_size=batch_size, seed=run.seed,
+                   reconstructions=recon, top=top, precision=run.precision, compile=compiled)
     summary = summarize_all(sets, floor_rel=floor, top=top)
     if plot_path is not None:
         plot(plot_path, sets, cls, top=top, title=f"{data_name}: per-class covariance eigenvalues")
@@ -107,7 +106,7 @@ def spectrum(
         write_csv(csv, sets)
         console.log(f"wrote {csv}")
     if run.json_out:
-        console.emit_json({"dataset": data_name, **accel.record(run.precision.value, compiled),
+        console.emit_json({"dataset": data_name, **accel.record(run.precision, compiled),
                            **to_json(sets, summary, cls, floor, top)})
         return
     if summary:

@@ -4,7 +4,6 @@ parses the options, calls ``manifoldadv.theory`` and renders the documents it re
 
 from __future__ import annotations
 
-import inspect
 import math
 from enum import Enum
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..errors import UsageError
 from ..theory import reports as R
 from ..theory.spectra import DEFAULT_EIGENVALUES, describe, resolve_spectrum
 from ._app import app
-from ._options import DataRoot, Device, Json, Quiet, Seed
+from ._options import DataRoot, Device, Json, Quiet, Seed, shared
 
 theory_app = typer.Typer(
     name="theory",
@@ -71,17 +70,23 @@ DeviceOpt = Annotated[Device, typer.Option("--device", case_sensitive=False,
 LMin = Annotated[float, typer.Option("--L-min", help="Smallest L (and L'); > 1.")]
 LMax = Annotated[float, typer.Option("--L-max", help="Largest L (and L').")]
 
-# The options every theory command takes, added to each command's own by `command`.
-COMMON = {"eigenvalues": (Eigenvalues, None), "spectrum": (Spectrum, None), "d": (Dim, None), "alpha": (Alpha, None),
-          "data_root": (DataRoot, None), "q": (Q, 2), "seed": (Seed, 0), "device": (DeviceOpt, Device.auto),
-          "quiet": (Quiet, False), "json_out": (Json, False)}
+# The options every theory command takes (in place of the other commands' RUN_OPTIONS)
+THEORY_OPTIONS = {"eigenvalues": (Eigenvalues, None), "spectrum": (Spectrum, None), "d": (Dim, None),
+                  "alpha": (Alpha, None), "data_root": (DataRoot, None), "q": (Q, 2), "seed": (Seed, 0),
+                  "device": (DeviceOpt, Device.auto), "quiet": (Quiet, False), "json_out": (Json, False)}
 
 
 class Inputs:
-    """The ``COMMON`` options of one invocation as attributes (--device and --quiet applied)."""
+    """The ``THEORY_OPTIONS`` of one invocation as attributes, with --quiet applied and --device
+    and torchrun checked."""
 
     def __init__(self, **options):
         self.__dict__.update(options)
+        console.set_quiet(self.quiet)
+        if distributed.launched():  # nothing to split: closed forms and float64 numpy
+            raise UsageError("theory runs in one process: run it without torchrun")
+        if self.device == "cuda":
+            raise UsageError("theory runs in float64 numpy on the CPU: --device cuda is not supported (auto or cpu)")
 
     def resolve(self, default: str = DEFAULT_EIGENVALUES) -> tuple[np.ndarray, str]:
         return resolve_spectrum(self.eigenvalues, self.spectrum, self.d, self.alpha, self.data_root, default)
@@ -94,24 +99,10 @@ class Inputs:
 
 
 def command(name: str | None = None, *, q: int = 2):
-    """Register ``fn(inputs, **own_options)`` as ``theory NAME`` with the ``COMMON`` options
-    added: --quiet applied, --device checked, the rest handed over as ``Inputs``."""
+    """``fn(inputs, **own_options)`` as ``theory NAME``, with the shared options of every theory
+    command (the same mechanism as the other commands: `_options.shared`)."""
     def register(fn):
-        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
-        common = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=q if k == "q" else v)
-                  for k, (a, v) in COMMON.items()]
-
-        def run(**kw):
-            console.set_quiet(kw.pop("quiet"))
-            if distributed.launched():  # nothing to split: closed forms and float64 numpy
-                raise UsageError("theory runs in one process: run it without torchrun")
-            if kw.pop("device") == Device.cuda:
-                raise UsageError("theory runs in float64 numpy on the CPU: --device cuda is not supported (auto or cpu)")
-            fn(Inputs(**{k: kw.pop(k) for k in COMMON if k in kw}), **kw)
-
-        run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-        run.__signature__ = inspect.Signature(own + common)
-        return theory_app.command(name)(run)
+        return theory_app.command(name)(shared(base=THEORY_OPTIONS, options=Inputs, defaults={"q": q})(fn))
     return register
 
 
@@ -314,7 +305,7 @@ def simulate(
         raise UsageError(f"--lr must be > 0, got {lr}")
     lam, source = inp.resolve(default=SIMULATE_EIGENVALUES)
     res = R.simulate_report(lam, source, inp.q, L, L_orig, strategy, samples=samples, steps=steps, lr=lr,
-                            inner=inner.value, inner_steps=inner_steps, n_fit=n_fit, seed=inp.seed)
+                            inner=inner, inner_steps=inner_steps, n_fit=n_fit, seed=inp.seed)
     if inp.emit(res):
         return
     o, la = res["original"], res["latent"]

@@ -78,7 +78,7 @@ def load_dataset(
     download: bool = False,
 ) -> Dataset:
     """Load a data set by name; `limit` keeps the first N training and N test examples."""
-    name = str(getattr(name, "value", name)).lower()
+    name = name.lower()
     if name not in SOURCES:
         raise UsageError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if limit is not None and limit < 1:

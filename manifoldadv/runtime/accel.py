@@ -25,7 +25,6 @@ AUTOCAST_DTYPE = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def check_precision(precision: str) -> str:
-    precision = str(getattr(precision, "value", precision))
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision

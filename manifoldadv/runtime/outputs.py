@@ -186,6 +186,41 @@ def read_cache(path, log=None) -> dict | None:
     return None
 
 
+def cache_key(what: dict) -> str:
+    """The one shape of every cache key: what made a result, as canonical JSON."""
+    return json.dumps(what, sort_keys=True, separators=(",", ":"))
+
+
+CACHE_FORMAT = 3  # of Cache files; another (an older version's) is rebuilt
+
+
+class Cache:
+    """A JSON file of results keyed by `cache_key`: {"format": CACHE_FORMAT, "entries": {...}}.
+    A put re-reads the file first, so entries that another step wrote meanwhile are kept."""
+
+    def __init__(self, path, log=None):
+        self.path, self.log, self._told = Path(path), log, False
+
+    def entries(self) -> dict:
+        doc = read_cache(self.path, self.log)
+        if doc is None:
+            return {}
+        if doc.get("format") != CACHE_FORMAT or not isinstance(doc.get("entries"), dict):
+            if self.log is not None and not self._told:
+                self._told = True
+                self.log(f"{self.path} was written by another version of manifoldadv: rebuilding it")
+            return {}
+        return doc["entries"]
+
+    def get(self, key: str):
+        return self.entries().get(key)
+
+    def put(self, key: str, value) -> None:
+        entries = self.entries()
+        entries[key] = value
+        atomic_write_text(self.path, json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1))
+
+
 def save_figure(fig, path, *, dpi: int = 110, close: bool = True) -> None:
     """A matplotlib figure written atomically, in the format the suffix names (PNG without one)."""
     import io

@@ -7,36 +7,8 @@ import math
 from . import paper
 from ..attacks import describe
 from ..runtime.outputs import save_figure
-
-NAMES = {"std": "Std training", "fgsm": "FGSM-adv", "pgd": "PGD-adv", "vae": "VAE-adv", "joint": "joint (PGD+VAE)",
-         "l1": "l1-adv", "joint-lp": "joint (l1+linf)"}
-ATTACK_NAMES = {"clean": "clean data", "fgsm": "FGSM-attack", "pgd": "PGD-attack", "vae": "VAE-attack",
-                "l1": "l1-attack", "l2": "l2-attack", "autoattack": "AutoAttack (l-inf)",
-                "autoattack-l1": "AutoAttack (l1)"}
-# Table 2's two halves: (key, title); in the l1/l-inf half the l-inf model and attack are named so
-TABLE2_HALVES = (("lp", "l1 vs l-inf"), ("gen", "regular vs generative"))
-
-
-def table2_model(model: str, half: str) -> str:
-    return {"pgd": "l-inf-adv" if half == "lp" else "PGD-adv"}.get(model, NAMES.get(model, model))
-
-
-def table2_attack(attack: str, half: str) -> str:
-    return "l-inf-attack" if (half == "lp" and attack == "pgd") else ATTACK_NAMES.get(attack, attack)
-
-
-def pct(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
-
-
-def cell(ours, theirs) -> str:
-    return pct(ours) if theirs is None else f"{pct(ours)} ({pct(theirs)})"
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+from ..training import mode as mode_kind
+from .tables import ATTACK_NAMES, NAMES, cell, drops_table, markdown, md_table, pct, table2
 
 
 def table1_md(table1: dict, data: str) -> str:
@@ -46,54 +18,15 @@ def table1_md(table1: dict, data: str) -> str:
     for attack, per_model in table1.items():
         rows.append([ATTACK_NAMES.get(attack, attack)] +
                     [cell(per_model[m], ref.get(attack, {}).get(m)) for m in cols])
-    return _md_table([data.upper() if data != "synthetic" else "synthetic"] + [NAMES.get(m, m) for m in cols], rows)
+    return md_table([data.upper() if data != "synthetic" else "synthetic"] + [NAMES.get(m, m) for m in cols], rows)
 
 
 def table2_md(tradeoff: dict, data: str) -> str:
-    ref = paper.table2(data)
-    out = []
-    for half, label in TABLE2_HALVES:
-        mat = tradeoff[half]
-        cols = list(next(iter(mat.values())).keys())
-        rows = []
-        for attack, per_model in mat.items():
-            rows.append([table2_attack(attack, half)] +
-                        [cell(per_model[m], ref.get(half, {}).get(attack, {}).get(m)) for m in cols])
-        names = [table2_model(m, half) for m in cols]
-        out.append(f"*{label}*\n\n" + _md_table([""] + names, rows))
-        if half == "lp" and "l1_slide_only" in tradeoff:
-            slide = tradeoff["l1_slide_only"]
-            out.append("The l1-attack row is, per test example, the worst case of SLIDE (l1 PGD) and the "
-                       "gradient-free Pointwise attack (`l1-worst`). SLIDE alone: "
-                       + ", ".join(f"{names[cols.index(m)]} {pct(slide[m])}" for m in cols if m in slide) + ".")
-    return "\n\n".join(out)
-
-
-def paper_drops(data: str) -> dict | None:
-    ref = paper.table2(data)
-    if not ref:
-        return None
-    lp, gen = ref["lp"], ref["gen"]
-    d_lp = [lp["l1"]["l1"] - lp["l1"]["joint-lp"], lp["pgd"]["pgd"] - lp["pgd"]["joint-lp"]]
-    d_gen = [gen["pgd"]["pgd"] - gen["pgd"]["joint"], gen["vae"]["vae"] - gen["vae"]["joint"]]
-    return {"joint-lp": {"l1": d_lp[0], "pgd": d_lp[1], "mean": sum(d_lp) / 2},
-            "joint": {"pgd": d_gen[0], "vae": d_gen[1], "mean": sum(d_gen) / 2}}
+    return "\n\n".join(markdown(t) for t in table2(tradeoff, data))
 
 
 def drops_md(tradeoff: dict, data: str) -> str:
-    ref = paper_drops(data) or {}
-    d = tradeoff["drops"]
-
-    def pp(x):
-        return "n/a" if x is None else f"{100 * x:+.1f} pp"
-
-    def c(model, key):
-        theirs = ref.get(model, {}).get(key)
-        return pp(d[model][key]) + ("" if theirs is None else f" ({pp(theirs)})")
-
-    rows = [["joint (l1+l-inf) vs l1-adv / l-inf-adv", c("joint-lp", "l1"), c("joint-lp", "pgd"), c("joint-lp", "mean")],
-            ["joint (PGD+VAE) vs PGD-adv / VAE-adv", c("joint", "pgd"), c("joint", "vae"), c("joint", "mean")]]
-    return _md_table(["robust-accuracy drop of the joint model", "first attack", "second attack", "mean"], rows)
+    return markdown(drops_table(tradeoff, data))
 
 
 def spectra_md(summary: list[dict], top: int) -> str:
@@ -108,7 +41,7 @@ def spectra_md(summary: list[dict], top: int) -> str:
                      pct(sum(energy) / len(energy) if energy else None)])
         rows += [["", "", str(r["class"]), f"{r['top_ratio']:.3g}", f"{r['tail_ratio']:.3g}", pct(r.get("top_energy"))]
                  for r in rs]
-    return _md_table(["set", "against", "class", f"top-{top} ratio", "tail ratio", f"perturbation in top {top}"], rows)
+    return md_table(["set", "against", "class", f"top-{top} ratio", "tail ratio", f"perturbation in top {top}"], rows)
 
 
 def theory_md(rows: list[dict]) -> str:
@@ -123,7 +56,7 @@ def theory_md(rows: list[dict]) -> str:
     body = [[r["check"], r["case"], error(r), f"{r['tolerance']:.3g} ({r['kind']})",
              {True: "pass", False: "FAIL", None: "n/a"}[r["passed"]]] for r in rows]
     na = f" ({n_na} not applicable)" if n_na else ""
-    return f"{n_pass}/{len(rows)} checks pass{na}.\n\n" + _md_table(["check", "spectrum", "error", "tolerance", ""], body)
+    return f"{n_pass}/{len(rows)} checks pass{na}.\n\n" + md_table(["check", "spectrum", "error", "tolerance", ""], body)
 
 
 def autoattack_note(r: dict) -> list[str]:
@@ -143,7 +76,7 @@ def audit_md(audit: dict) -> str:
              for c in checks if c["verdict"] == "FAIL"]
     text = (f"Cheap checks for gradient masking and weak attacks, on the first {audit['examples']} test examples "
             f"(the `audit` command's thresholds; FAIL is a strong sign, not a proof).\n\n")
-    text += _md_table(["check"] + [NAMES.get(m, m) for m in models], rows)
+    text += md_table(["check"] + [NAMES.get(m, m) for m in models], rows)
     return text + ("\n\nFailed checks:\n\n" + "\n".join(fails) if fails else "\n\nNo check failed.")
 
 
@@ -259,7 +192,7 @@ def render(r: dict) -> str:
         attacks = "; ".join(describe(a, step_size=True) for a in hp.get("attacks", []))
         settings = (f"{hp['model']}, batch {hp['batch_size']}, lr {hp['lr']:g}, wd {hp['weight_decay']:g}"
                     + (f", adversarial from epoch {hp['adv_start'] + 1}: {attacks}" if attacks else "")
-                    + (f", strategy {hp['strategy']}" if mode in ("joint", "joint-lp") else ""))
+                    + (f", strategy {hp['strategy']}" if mode_kind(mode).joint else ""))
         lines.append(f"| {mode} | {m['epochs']} | {acc} | {_hms(m['train_seconds'])} | {settings} |")
     lines += ["", "Evaluation attacks: "
               + "; ".join(sorted({describe(e, step_size=True) for e in r["evaluations"] if e["attack"] != "clean"})) + ".", ""]

@@ -12,18 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ..runtime import accel, console, outputs
-from . import paper, report
+from ..runtime import accel, console
+from . import paper, report, tables
 from ..checkpoint import digest, load
-from ..runtime.outputs import atomic_write_text
+from ..runtime.outputs import atomic_write_text, cache_key
 from ..data import Dataset
 from ..runtime import versions
 from ..evaluation.spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, compute, plot, summarize_all
-from .study import ALL_MODES, AUDIT_EXAMPLES, Study
+from ..training import CVAE
+from .study import ALL_MODES, Study
 
 THEORY_SAMPLES = {"quick": 20_000, "full": 200_000}
 # for the report's figure: a nearly rank-5 spectrum, where Theorems 5 and 6 separate cleanly
@@ -33,14 +33,14 @@ FIGURE_SPECTRUM = dict(lam=[8, 4, 2, 1, 0.5, 0.02, 0.015, 0.01, 0.008, 0.006, 0.
 
 def _cached(study: Study, name: str, key: dict, fn):
     """Run fn() unless results/<name>.json holds a result made with the same key."""
-    path = study.run_dir / "results" / f"{name}.json"
-    doc = outputs.read_cache(path, console.log)
-    if doc is not None and doc.get("key") == key and "value" in doc:
-        return doc["value"]
+    cache, k = study.cache(name), cache_key(key)
+    hit = cache.get(k)
+    if hit is not None:
+        return hit["value"]
     t0 = time.perf_counter()
     value = fn()
     study.timings[name] = round(time.perf_counter() - t0, 1)
-    atomic_write_text(path, json.dumps({"key": key, "value": value, "seconds": study.timings[name]}))
+    cache.put(k, {"value": value, "seconds": study.timings[name]})
     return value
 
 
@@ -49,12 +49,9 @@ def spectra_step(study: Study, ds: Dataset) -> dict:
     top = ds.info.get("manifold_rank", TOP)
     classes = list(range(ds.num_classes))
     full = dataclasses.replace(ds, test=study.spectra_test or ds.test)
-    key = {"pgd": digest(pgd), "vae": digest(vae), "n": len(full.test), "steps": study.eval_steps,
-           "seed": study.seed, "top": top, "floor": DEFAULT_FLOOR_REL, "reconstructions": True,
-           "top_energy": True, "evaluation": 2}
-    if study.precision != "fp32":  # fp32 keys keep their old form
-        key["precision"] = study.precision
-    key["cvae"] = digest(study.path("cvae"))  # the VAE set's latent attack uses it
+    key = {"pgd": digest(pgd), "vae": digest(vae), "cvae": digest(study.path(CVAE)), "n": len(full.test),
+           "steps": study.eval_steps, "seed": study.seed, "top": top, "floor": DEFAULT_FLOOR_REL,
+           "precision": study.precision}
 
     def run():
         sets = compute([pgd, vae], full, classes, study.device, seed=study.seed, steps=study.eval_steps,
@@ -80,8 +77,7 @@ def theory_step(study: Study) -> dict:
     from ..theory import save_figure, theory_figure, verify
 
     samples = THEORY_SAMPLES["quick" if study.quick else "full"]
-    # version 2: checks that cannot apply to a case say so (passed: null) instead of passing
-    rows = _cached(study, "theory", {"samples": samples, "seed": study.seed, "version": 2},
+    rows = _cached(study, "theory", {"samples": samples, "seed": study.seed},
                    lambda: verify(samples=samples, seed=study.seed))
     fig, _, _ = theory_figure(**FIGURE_SPECTRUM)
     save_figure(fig, study.run_dir / "figures" / "theory.png")
@@ -91,8 +87,9 @@ def theory_step(study: Study) -> dict:
 
 def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
     t0 = time.perf_counter()
-    for mode in ("cvae",) + ALL_MODES:
-        study.ensure_trained(mode, ds)
+    every = (CVAE, *ALL_MODES)
+    for name in every:
+        study.ensure_trained(name, ds)
     table1 = study.table1(ds)
     trade = study.tradeoff(ds)
     audits = study.audits(ds) if study.audit else None
@@ -104,18 +101,17 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
 
     models = {}
     compute_seconds = 0.0
-    for mode in ("cvae",) + ALL_MODES:
-        meta = load(study.path(mode)).meta
+    for name in every:
+        meta = load(study.path(name)).meta
         secs = sum(h.get("seconds", 0.0) for h in meta.get("history", []))
         compute_seconds += secs
-        models[mode] = {"checkpoint": str(study.path(mode)), "hparams": meta["hparams"], "epochs": meta["epoch"],
+        models[name] = {"checkpoint": str(study.path(name)), "hparams": meta["hparams"], "epochs": meta["epoch"],
                         "train_seconds": round(secs, 1),
                         **({"clean_accuracy": meta["clean_accuracy"]} if "clean_accuracy" in meta else
                            {"test_nelbo": meta.get("test_nelbo"), "test_recon_mse": meta.get("test_recon_mse")})}
-    evals = outputs.read_cache(study.run_dir / "results" / "evals.json", console.log) or {}
+    evals = study.cache("evals").entries()
     eval_seconds = sum(r.get("seconds", 0.0) for r in evals.values())
-    cached_steps = {k: (outputs.read_cache(study.run_dir / "results" / f"{k}.json", console.log) or {}).get("seconds", 0.0)
-                    for k in ("spectra", "theory")}
+    cached_steps = {k: sum(e.get("seconds", 0.0) for e in study.cache(k).entries().values()) for k in ("spectra", "theory")}
     results = {
         "data": study.data,
         "quick": study.quick,
@@ -140,8 +136,8 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
         "table1_paper": paper.table1(study.data),
         "tradeoff": trade,
         "autoattack": {"examples": len(study.checked(ds.test))} if study.autoattack else None,
-        "audit": {"examples": len(study.checked(ds.test, full=AUDIT_EXAMPLES)), "models": audits} if audits else None,
-        "tradeoff_paper": {"table2": paper.table2(study.data), "drops": report.paper_drops(study.data)},
+        "audit": {"examples": len(study.checked(ds.test)), "models": audits} if audits else None,
+        "tradeoff_paper": {"table2": paper.table2(study.data), "drops": tables.paper_drops(study.data)},
         "evaluations": list(evals.values()),
         "spectra": spectra,
         "theory": th,

@@ -1,6 +1,7 @@
-"""Training: one loop for every mode (`loop`), what a step minimises (`objectives`)."""
+"""Training: the modes (`modes`), one run's resolved settings (`config`), one loop for every
+mode (`loop`), what a step minimises (`objectives`)."""
 
-from .loop import (DEFAULT_CLEAN_WEIGHT, MODES, STRATEGIES, TrainConfig, all_finite, check_out,  # noqa: F401
-                   default_out, ensure_trained, epoch_seed, mismatched, needs_cvae, resolve_config, train,
-                   train_epoch)
+from .config import TrainConfig, check_out, cvae_config, mismatched, resolve_config  # noqa: F401
+from .loop import all_finite, ensure_trained, epoch_seed, train, train_epoch, with_cvae  # noqa: F401
+from .modes import CVAE, MODES, STRATEGIES, ModeKind, mode  # noqa: F401
 from .objectives import ClassifierObjective, CVAEObjective, Elbo, cvae_test_metrics  # noqa: F401

@@ -1,9 +1,7 @@
-"""ONE training loop for every mode. What differs between modes is data: which attacks make
-the training examples (`MODES`), how their losses combine (`avg` or `max`, Tramer & Boneh
-2019), or, for `cvae`, a different objective plugged into the same loop.
+"""ONE training loop for every mode. What differs between modes is data (modes.py): which
+attacks make the training examples, how their losses combine (`avg` or `max`), or, for the
+CVAE, a different objective plugged into the same loop.
 
-Modes: std (clean), fgsm, pgd (linf), l2, l1, joint-lp (l1 + linf), vae (latent-space
-adversarial training), joint (PGD + VAE), cvae (train the conditional VAE itself).
 From epoch `adv_start` on the loss is (1 - w) * CE(adversarial) + w * CE(clean) with
 w = `clean_weight`: 0 (adversarial examples only, Madry et al.) for every mode but `fgsm`,
 where it is 0.5 (Goodfellow et al. 2014). The regular attacks' eps and step size ramp up over
@@ -20,181 +18,25 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..runtime import accel, console, distributed, outputs
 from .. import checkpoint, models
 from ..attacks import graphed
-from ..data import loader
-from ..attacks import KINDS, AttackSpec, spec_for
-from ..config import Schedule, defaults
-from ..data import Dataset, Split
+from ..data import Dataset, Split, loader
 from ..errors import CheckpointError, TrainingError, UsageError
 from ..evaluation import make_generator
+from ..runtime import accel, console, derive_seed, distributed, versions
+from .config import TrainConfig, check_out, cvae_config, mismatched
 from .objectives import ClassifierObjective, CVAEObjective, Elbo
-from ..runtime import derive_seed, versions
-
-MODES: dict[str, tuple[str, ...]] = {
-    "std": (),
-    "fgsm": ("fgsm",),
-    "pgd": ("pgd",),
-    "l2": ("l2",),
-    "l1": ("l1",),
-    "joint-lp": ("l1", "pgd"),
-    "vae": ("vae",),
-    "joint": ("pgd", "vae"),
-    "cvae": (),
-}
-STRATEGIES = ("avg", "max")
-DEFAULT_CLEAN_WEIGHT = {"fgsm": 0.5}  # Goodfellow et al.'s alpha (NOTES.md: label leaking)
-
-
-def needs_cvae(mode: str) -> bool:
-    return any(KINDS[a].space == "latent" for a in MODES.get(mode, ()))
-
-
-@dataclass
-class TrainConfig(Schedule):
-    data: str
-    mode: str
-    seed: int = 0
-    limit: int | None = None
-    augment: bool = False
-    strategy: str = "avg"
-    clean_weight: float = 0.0  # weight of the clean loss once adversarial training starts
-    eps_warmup: int = 0  # adversarial epochs over which regular attacks' eps ramps up
-    attacks: list = field(default_factory=list)  # AttackSpec dicts used for training examples
-    model_kwargs: dict = field(default_factory=dict)
-    cvae: str | None = None
-    precision: str = "fp32"  # of the classifier's forwards (accel.py)
-    cvae_sha256: str | None = None  # checkpoint.digest of the CVAE the latent attacks use
-
-    def specs(self) -> list[AttackSpec]:
-        return [AttackSpec(**{k: v for k, v in a.items() if k != "space"}) for a in self.attacks]
-
-
-def resolve_config(
-    data: str,
-    mode: str,
-    *,
-    model: str | None = None,
-    epochs: int | None = None,
-    adv_start: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    budgets: dict | None = None,
-    steps: int | None = None,
-    step_size: float | None = None,
-    strategy: str = "avg",
-    clean_weight: float | None = None,
-    eps_warmup: int | None = None,
-    augment: bool | None = None,
-    latent: int | None = None,
-    seed: int = 0,
-    limit: int | None = None,
-    cvae: str | None = None,
-    precision: str = "fp32",
-) -> TrainConfig:
-    """The paper's defaults for (data, mode), with every given override applied.
-
-    budgets: the attacks' eps by norm, {"linf", "l2", "l1", "latent"} (a missing or None one:
-    the data set's default)."""
-    data = str(getattr(data, "value", data))
-    precision = accel.check_precision(precision)
-    if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    if mode == "cvae" and precision != "fp32":
-        raise UsageError("--precision applies to classifiers; mode cvae trains the CVAE in fp32")
-    if strategy not in STRATEGIES:
-        raise UsageError(f"--strategy must be avg or max, got {strategy!r}")
-    d = defaults(data)
-    _check_positive(epochs=epochs, batch_size=batch_size, lr=lr, latent=latent)
-    if weight_decay is not None and not weight_decay >= 0:
-        raise UsageError(f"--weight-decay must be >= 0, got {weight_decay}")
-    if mode == "cvae":
-        cd = d.cvae
-        model = _given(model, cd.model)
-        if models.spec(model).kind != "cvae":
-            raise UsageError(f"mode cvae needs a CVAE model ({', '.join(models.available('cvae'))}), got {model!r}")
-        return TrainConfig(
-            data=data, mode=mode, model=model, epochs=_given(epochs, cd.epochs), adv_start=0,
-            batch_size=_given(batch_size, cd.batch_size), lr=_given(lr, cd.lr),
-            weight_decay=_given(weight_decay, 0.0), seed=seed, limit=limit, augment=False,
-            model_kwargs={"latent": _given(latent, cd.latent), **cd.extra},
-        )
-    model = _given(model, d.model)
-    if models.spec(model).kind != "classifier":
-        raise UsageError(f"mode {mode} trains a classifier; {model!r} is a {models.spec(model).kind}")
-    specs = [spec_for(name, data, train=True, budgets=budgets, steps=steps, step_size=step_size).as_dict()
-             for name in MODES[mode]]
-    clean_weight = DEFAULT_CLEAN_WEIGHT.get(mode, 0.0) if clean_weight is None else clean_weight
-    if not 0.0 <= clean_weight < 1.0:
-        raise UsageError(f"--clean-weight must be in [0, 1), got {clean_weight}")
-    epochs = _given(epochs, d.epochs)
-    if adv_start is not None and adv_start < 0:
-        raise UsageError(f"--adv-start must be >= 0, got {adv_start}")
-    if specs:  # an adversarial mode must train at least one adversarial epoch
-        start = _given(adv_start, d.adv_start)
-        if start >= epochs:
-            given = f"--adv-start {start}" if adv_start is not None else f"the default --adv-start {start} ({data})"
-            raise UsageError(f"mode {mode}: {given} leaves no adversarial epoch in {epochs} epoch"
-                             f"{'s' if epochs != 1 else ''}; give --adv-start below {epochs}")
-        adv_start = start
-    else:
-        adv_start = min(_given(adv_start, d.adv_start), epochs)
-    has_regular = any(a["space"] == "input" for a in specs)
-    adversarial_epochs = epochs - adv_start if specs else 0
-    if eps_warmup is None:  # the default ramp never outlasts the adversarial epochs
-        eps_warmup = min(d.eps_warmup, adversarial_epochs) if has_regular else 0
-    elif eps_warmup < 0:
-        raise UsageError(f"--eps-warmup must be >= 0, got {eps_warmup}")
-    elif has_regular and eps_warmup > adversarial_epochs:
-        raise UsageError(f"--eps-warmup {eps_warmup} is longer than the {adversarial_epochs} adversarial epoch"
-                         f"{'s' if adversarial_epochs != 1 else ''}: eps would never reach its target")
-    return TrainConfig(
-        data=data, mode=mode, model=model, epochs=epochs, adv_start=adv_start,
-        batch_size=_given(batch_size, d.batch_size), lr=_given(lr, d.lr),
-        weight_decay=_given(weight_decay, d.weight_decay),
-        seed=seed, limit=limit, augment=d.augment if augment is None else augment,
-        strategy=strategy, clean_weight=clean_weight, eps_warmup=eps_warmup, attacks=specs, cvae=cvae,
-        precision=precision,
-    )
 
 
 def all_finite(model: torch.nn.Module) -> bool:
     """Every floating-point parameter and buffer finite (one device read)."""
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
-
-
-def check_out(out, *, resume: bool, force: bool) -> Path:
-    """The checkpoint path, refused before any work when it cannot be written or when it exists
-    and neither --resume nor --force says what to do with it."""
-    out = outputs.check_file(out, "checkpoint")
-    if resume and force:
-        raise UsageError(f"--resume continues {out} and --force starts it over: give one of them")
-    if out.exists() and not (resume or force):
-        raise UsageError(f"{out} exists; pass --resume to continue it or --force to overwrite it")
-    return out
-
-
-def _given(value, default):
-    """The user's value when there is one (0 included), else the default."""
-    return default if value is None else value
-
-
-def _check_positive(**values) -> None:
-    for name, v in values.items():
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {v}")
-
-
-def default_out(data: str, mode: str, run_dir: str | Path = "runs") -> Path:
-    return Path(run_dir) / f"{data}-{mode}.safetensors"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -227,20 +69,6 @@ def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, histo
     return meta
 
 
-_MUST_MATCH = ("data", "mode", "model", "epochs", "adv_start", "batch_size", "lr", "weight_decay", "seed",
-               "limit", "augment", "strategy", "clean_weight", "eps_warmup", "attacks", "model_kwargs", "precision")
-_ADDED_LATER = {"clean_weight": 0.0, "eps_warmup": 0, "precision": "fp32"}  # what a checkpoint without the field used
-_UNRECORDED_OK = ("cvae_sha256",)  # checked when the checkpoint records it (older ones do not)
-
-
-def mismatched(old_hparams: dict, cfg: TrainConfig) -> list[str]:
-    """Settings in which a checkpoint's recorded hyper-parameters differ from `cfg`
-    (a checkpoint from before a setting existed counts as having that setting's default 0)."""
-    new = asdict(cfg)
-    stale = [k for k in _MUST_MATCH if old_hparams.get(k, _ADDED_LATER.get(k, new[k])) != new[k]]
-    return stale + [k for k in _UNRECORDED_OK if old_hparams.get(k) not in (None, new[k])]
-
-
 def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None, compile: bool | None = None,
                    sync_bn: bool = False) -> bool:
     """`out` trained per `cfg`: kept when complete with these settings, resumed when half-trained,
@@ -259,6 +87,24 @@ def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None
     return True
 
 
+def with_cvae(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None) -> tuple[TrainConfig, object]:
+    """(cfg with its CVAE recorded, the CVAE model) for a mode whose attacks need one: `cvae`
+    when given, else <out's folder>/<checkpoint name of the data set's CVAE>, trained there
+    first on the same data (seed and limit included) unless it is complete already. A mode
+    without latent attacks: (cfg, None)."""
+    if not cfg.kind.needs_cvae:
+        return cfg, None
+    path = Path(cvae) if cvae is not None else Path(out).parent / cvae_config(cfg).kind.checkpoint_name(cfg.data)
+    if cvae is None:
+        if not path.exists():
+            console.log(f"no --cvae given and {path} does not exist: training a CVAE first")
+        if not ensure_trained(cvae_config(cfg), dataset, device=device, out=path):
+            console.log(f"using CVAE {path}")
+    model, _ = checkpoint.load_model(path, kind="cvae", device=device, dataset=cfg.data)
+    model.eval()
+    return cfg.with_cvae(path, checkpoint.digest(path)), model
+
+
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
           cvae=None, compile: bool | None = None, sync_bn: bool = False, attack_graphs: bool | None = None) -> dict:
     """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata.
@@ -273,12 +119,12 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     world = distributed.world()
     attack_graphs = accel.resolve_attack_graphs(attack_graphs, device)
     if attack_graphs:
-        graphed.require(device, cfg.mode)
-    objective = CVAEObjective() if cfg.mode == "cvae" else ClassifierObjective(cfg, cvae)
-    if needs_cvae(cfg.mode) and cvae is None:
+        graphed.require(device, cfg.kind)
+    objective = CVAEObjective() if cfg.kind.generator else ClassifierObjective(cfg, cvae)
+    if cfg.kind.needs_cvae and cvae is None:
         raise UsageError(f"mode {cfg.mode} needs a CVAE (--cvae)")
-    if objective.kind == "cvae" and compile:
-        raise UsageError("--compile applies to classifiers; mode cvae trains the CVAE eagerly")
+    if cfg.kind.generator and compile:
+        raise UsageError(f"--compile applies to classifiers; mode {cfg.mode} trains the CVAE eagerly")
     if world > 1 and compile:
         raise UsageError("--compile is not supported with several processes (torchrun) yet")
     if cfg.batch_size < world:
@@ -323,8 +169,8 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     with console.progress() as bar:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            adversarial = cfg.mode != "cvae" and bool(cfg.attacks) and epoch >= cfg.adv_start
-            tag = "adv" if adversarial else ("cvae" if cfg.mode == "cvae" else "clean")
+            adversarial = cfg.kind.adversarial and epoch >= cfg.adv_start
+            tag = "adv" if adversarial else (cfg.mode if cfg.kind.generator else "clean")
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{tag}]", total=len(train_split), status="")
             kept = (f"epoch {epoch} is saved in {out}; rerun with --resume to continue from it" if epoch else
                     f"nothing of {out} is saved yet")

@@ -13,11 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..runtime import distributed
-from ..data import loader
 from ..attacks import AttackSpec, perturb, with_overrides
-from ..data import Split
+from ..data import Split, loader
 from ..evaluation import batch_generator, clean_accuracy
+from ..runtime import distributed
 
 
 def mean(per_sample: torch.Tensor, shard) -> torch.Tensor:
@@ -58,9 +57,7 @@ class ClassifierObjective:
             logits = outer(x_adv)
             losses.append(F.cross_entropy(logits, y, reduction="none"))
             correct = correct + (logits.argmax(1) == y).sum()
-        stacked = torch.stack(losses)
-        per_sample = stacked.mean(0) if self.cfg.strategy == "avg" else stacked.max(0).values
-        loss = mean(per_sample, shard)
+        loss = mean(self.cfg.kind.combine(losses, self.cfg.strategy), shard)
         w = self.cfg.clean_weight
         if w > 0:
             loss = (1 - w) * loss + w * mean(F.cross_entropy(outer(x), y, reduction="none"), shard)
