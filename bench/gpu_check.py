@@ -2,8 +2,8 @@
 
     python3 bench/gpu_check.py [--dry-run] [--budget-s 420] [--only build,tests,kernels,train,dist,suite]
 
-Sections, in order (what the open issue needs first), each skipped with a note once the time
-budget is spent:
+Sections, in order (the kernel and training numbers before the long suite), each skipped with a
+note once the time budget is spent:
   build    the extension against this python's torch, for this GPU's architecture
   tests    the CUDA tests (pytest -m cuda)
   kernels  pgd_step (linf, l2, l1) against a device-to-device copy moving the same bytes

@@ -40,7 +40,7 @@ class QuickSchedule:
     cvae_epochs: int
     train: int  # training examples kept
     test: int
-    checked: int = 100  # test examples of the AutoAttack rows and the audit (they cost more)
+    checked: int = 20  # test examples of the AutoAttack rows and the audit: a quick run shows them, they cost the most
 
 
 @dataclass

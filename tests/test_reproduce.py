@@ -33,7 +33,7 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert doc["report"] == str(run / "report.md")
     text = (run / "report.md").read_text()
     assert "QUICK smoke run" in text and "with 2 PGD steps" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
-    assert "| AutoAttack (l-inf) |" in text and "## Audit of every model" in text and "on the first 100 test examples" in text
+    assert "| AutoAttack (l-inf) |" in text and "## Audit of every model" in text and "on the first 20 test examples" in text
     for fig in results["figures"]:
         assert (run / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     # the trade-off numbers are the differences of the table cells

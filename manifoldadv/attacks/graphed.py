@@ -1,10 +1,8 @@
 """Regular attacks replayed as CUDA graphs: a training batch's whole K-step attack (K forwards,
 K input gradients, K pgd_steps) captured once and replayed as one launch.
 
-At batch 128 a ResNet32 attack step is launches, not arithmetic: 9.2 ms eager and 2.7 ms with
-torch.compile's per-forward CUDA graphs on an H200 (bench/RESULTS.md), while its arithmetic, about
-35 GFLOP (an estimate), takes a fraction of a millisecond at a few percent of the H200's bf16 peak.
-One graph for all K steps removes the return to Python between them.
+Small batches are bound by kernel launches, not arithmetic (NOTES.md, "Speed"): one graph for
+all K steps removes the return to Python between them.
 
 What is captured is `attacks.descend` on the bare model in eval mode with frozen parameters, so a
 replay computes exactly the eager attack: the random start is drawn eagerly (same generator, same

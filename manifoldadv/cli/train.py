@@ -47,7 +47,7 @@ def train(
     attack_graphs: Annotated[Optional[bool], typer.Option(
         "--attack-graphs/--no-attack-graphs",
         help="CUDA: replay each training attack's K steps as one CUDA graph (same results as eager). Default: off "
-             "(experimental: not yet timed on a GPU, see bench/RESULTS.md).")] = None,
+             "(experimental, see docs/gpu.md).")] = None,
 ) -> None:
     """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
     dev = run.start()

@@ -5,12 +5,10 @@ forwards; its parameters, buffers and state_dict are the model's own, so checkpo
 see a compiled wrapper. Only classifier forwards change. Attack perturbations, their
 gradients, the PGD step, losses and the CVAE stay float32.
 
-Compilation defaults (measured, bench/RESULTS.md): training on CUDA compiles the model with
-CUDA graphs ("reduce-overhead"): a ResNet32 attack step at batch 128 on an H200 took 2.7 ms
-against 9.2 ms eager, because at that size kernel launches, not arithmetic, set the time, and
-the 20-odd seconds of compilation per graph are repaid within an epoch. Evaluation stays eager
-by default: a PGD evaluation of a test set takes seconds, less than the compilation. On this
-2-core CPU a compiled LeNet5 attack step ran at 0.64x eager, so the CPU default is eager.
+Compilation defaults (NOTES.md, "Speed"): training on CUDA compiles the model with CUDA graphs
+("reduce-overhead"): small training batches are bound by kernel launches, not arithmetic, and the
+compilation is repaid within an epoch. Evaluation stays eager (a PGD evaluation of a test set takes
+less time than the compilation), and so does the CPU, where compiled attack steps were slower.
 """
 
 from __future__ import annotations
