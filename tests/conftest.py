@@ -1,20 +1,26 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Tests are dominated by small tensor ops, where a second OpenMP thread buys little and, on a
+# busy machine, costs a lot (spinning barriers: a 64x784 projection measured 28 ms on one
+# thread, 6.8 s on two under load). Tests that exercise parallel paths set threads themselves.
+# numpy's and scipy's OpenBLAS read their thread count once, when loaded: set before anything
+# imports them (a 784x784 float64 spectrum test took 29 s with two BLAS threads under load, 1.4 s
+# with one). Child processes inherit it.
+THREADS = os.environ.get("MANIFOLDADV_TEST_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", THREADS)
 
-from manifoldadv.runtime import accel
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from manifoldadv.runtime import accel  # noqa: E402
 
 # MANIFOLDADV_TEST_MNIST points elsewhere (a GPU machine gets a carried copy)
 SHARED_MNIST = Path(os.environ.get("MANIFOLDADV_TEST_MNIST")
                     or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist")
 REAL_DEFAULT_COMPILE = accel.default_compile
 
-# Tests are dominated by small tensor ops, where a second OpenMP thread buys little and, on a
-# busy machine, costs a lot (spinning barriers: a 64x784 projection measured 28 ms on one
-# thread, 6.8 s on two under load). Tests that exercise parallel paths set threads themselves.
-torch.set_num_threads(int(os.environ.get("MANIFOLDADV_TEST_THREADS", "1")))
+torch.set_num_threads(int(THREADS))
 
 
 def pytest_collection_modifyitems(config, items):
