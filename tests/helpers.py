@@ -1,11 +1,15 @@
-"""Small builders shared by the tests: IDX and CIFAR files in the real layouts, CLI runs."""
+"""Small builders shared by the tests: IDX and CIFAR files in the real layouts, CLI runs, and
+waiting for a child process's marker line."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
+import signal
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +89,35 @@ def write_fake_cifar(root: Path, per_batch=12, seed=0):
         out[name] = (data, labels)
     (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c"] * 10}, protocol=2))
     return out
+
+
+def kill_child(proc) -> None:
+    """SIGKILL a child started by a test: its whole process group when it leads one (started with
+    start_new_session, as torchrun and its ranks are), else the process alone."""
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(proc, marker: str, timeout: float = 120) -> list[str]:
+    """Read `proc`'s stdout (text mode) until a line whose first words are `marker`'s words; returns
+    that line's words. A child that neither prints it nor exits within `timeout` seconds is killed
+    (a watchdog: a silent child cannot hang the test); then, or when its stdout ends first, fails
+    with the end of its stderr."""
+    want = marker.split()
+    timer = threading.Timer(timeout, kill_child, args=(proc,))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            words = line.split()
+            if words[:len(want)] == want:
+                return words
+    finally:
+        timer.cancel()
+    kill_child(proc)
+    proc.wait()
+    raise AssertionError(f"never saw {marker!r} (rc {proc.returncode}, {timeout:g} s): {proc.stderr.read()[-3000:]}")

@@ -1,7 +1,8 @@
 """Real processes killed for real: SIGKILL in the middle of an epoch and in the middle of a save,
 then --resume, must end with the weights of an uninterrupted run, bit for bit; SIGINT must print
 what was interrupted and what is kept. The child runs `manifoldadv train` with hooks that print
-a marker when it reaches the moment to kill (they change nothing else)."""
+a marker when it reaches the moment to kill (they change nothing else); the uninterrupted run and
+the last resume, which nothing kills, run in the test's own process."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from manifoldadv import checkpoint
+
+from helpers import cli_json, wait_for
 
 ARGS = ["train", "--data", "synthetic", "--mode", "pgd", "--limit", "192", "--batch-size", "32", "--epochs", "3",
         "--adv-start", "1", "--steps", "2", "--device", "cpu", "--seed", "5"]
@@ -25,17 +27,19 @@ ARGS = ["train", "--data", "synthetic", "--mode", "pgd", "--limit", "192", "--ba
 # epoch (and a pause, so a kill lands inside it), and, for the save of epoch SLOW_SAVE, a pause
 # after the temporary file is complete and before it is renamed over the checkpoint.
 CHILD = textwrap.dedent("""
-    import os, sys, time
+    import inspect, os, sys, time
     import torch
     torch.set_num_threads(1)
     from manifoldadv.training import loop as training
     from manifoldadv.cli import main
     slow_save, pause_epoch = int(os.environ.get("SLOW_SAVE", "0")), int(os.environ.get("PAUSE_EPOCH", "-1"))
     real_epoch, real_replace, saves = training.train_epoch, os.replace, []
+    epoch_of = lambda a, k: inspect.signature(real_epoch).bind(*a, **k).arguments["epoch"]  # noqa: E731
 
     def epoch(*a, **k):
-        print(f"EPOCH {a[5]}", flush=True)
-        if a[5] == pause_epoch:
+        e = epoch_of(a, k)
+        print(f"EPOCH {e}", flush=True)
+        if e == pause_epoch:
             time.sleep(30)
         return real_epoch(*a, **k)
 
@@ -59,23 +63,6 @@ def child(args, **env):
                             stderr=subprocess.PIPE, text=True, env=full_env, cwd=Path(__file__).resolve().parents[1])
 
 
-def wait_for(proc, marker, timeout=120):
-    t0 = time.monotonic()
-    for line in proc.stdout:
-        if line.strip() == marker:
-            return
-        if time.monotonic() - t0 > timeout:
-            break
-    proc.kill()
-    raise AssertionError(f"child never printed {marker!r}: {proc.stderr.read()[-2000:]}")
-
-
-def run_to_end(args, **env):
-    p = child(args, **env)
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-2000:]
-
-
 def weights(path):
     return checkpoint.load(path).state_dict()
 
@@ -86,7 +73,7 @@ def temporaries(folder):
 
 def test_sigkill_mid_epoch_and_mid_save_then_resume_is_bit_identical(tmp_path):
     full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
-    run_to_end([*ARGS, "--out", full])
+    cli_json(*ARGS, "--out", full)  # uninterrupted, in this process (the same computation, one thread)
 
     # killed while writing epoch 2's checkpoint: epoch 1 stays whole, a full-size temporary is left
     p = child([*ARGS, "--out", part], SLOW_SAVE=2)
@@ -105,7 +92,7 @@ def test_sigkill_mid_epoch_and_mid_save_then_resume_is_bit_identical(tmp_path):
     p.wait()
     assert checkpoint.load(part).meta["epoch"] == 2 and temporaries(tmp_path) == []
 
-    run_to_end([*ARGS, "--out", part, "--resume"])
+    cli_json(*ARGS, "--out", part, "--resume")  # the last resume needs no process of its own
     a, b = weights(full), weights(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = checkpoint.load(full).meta["history"], checkpoint.load(part).meta["history"]
