@@ -149,6 +149,7 @@ class Quantize(torch.nn.Module):
 
 
 @needs_aa
+@pytest.mark.slow
 def test_audit_flags_a_masked_model_and_passes_a_trained_one(trained):
     model, ds, _ = trained
     plain = {c.key: c.verdict for c in audit(model, ds.test, "synthetic", device="cpu", n=200, steps=40)}
