@@ -17,22 +17,27 @@ import numpy as np
 import pytest
 import torch
 
-from manifoldadv import checkpoint
+from manifoldadv import checkpoint, training
+from manifoldadv.data import load_dataset
+
+from helpers import cli_json, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each rank runs the CLI; hooks print a marker at the start of each epoch (with the rank and the
 # pid) and, for PAUSE_EPOCH, pause there so that a kill lands inside the epoch.
 RUNNER = textwrap.dedent("""
-    import os, sys, time
+    import inspect, os, sys, time
     from manifoldadv.training import loop as training
     from manifoldadv.cli import main
     pause, real = int(os.environ.get("PAUSE_EPOCH", "-1")), training.train_epoch
+    epoch_of = lambda a, k: inspect.signature(real).bind(*a, **k).arguments["epoch"]  # noqa: E731
 
     def epoch(*a, **k):
+        e = epoch_of(a, k)
         # one write of a whole line: the ranks share the pipe, and print() writes the newline apart
-        os.write(1, f"EPOCH {a[5]} RANK {os.environ.get('RANK', '0')} PID {os.getpid()}\\n".encode())
-        if a[5] == pause:
+        os.write(1, f"EPOCH {e} RANK {os.environ.get('RANK', '0')} PID {os.getpid()}\\n".encode())
+        if e == pause:
             time.sleep(60)
         return real(*a, **k)
 
@@ -71,24 +76,48 @@ def max_rel(a, b):
     return max(float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-30)) for k in a)
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A classifier and a CVAE to attack with and to train against (one process, in this one)."""
+    d = tmp_path_factory.mktemp("dist")
+    ds = load_dataset("synthetic", limit=600)
+    for mode in ("std", "cvae"):
+        cfg = training.resolve_config("synthetic", mode, epochs=2, limit=600)
+        training.train(cfg, ds, device="cpu", out=d / f"{mode}.safetensors")
+    return d
+
+
+# Short runs: batches of 75, 75 and 11 rows, split 38 + 37 and 6 + 5 between two processes. A
+# process's loss must count for its share of the global batch (a mean per process would weigh each
+# of the 6 rows 1/12 and each of the 5 rows 1/10 instead of 1/11).
+SHORT = 161
+# Why short, and why PGD takes small steps here. One and two processes add the same numbers in
+# other orders and through kernels sized for 38 rows rather than 75 (on some CPUs other kernels):
+# they agree to rounding, and stay close only while nothing amplifies it. Two things do: a PGD sign
+# step, where an input gradient within rounding of 0 flips sign and moves a pixel by two steps, and
+# Adam, whose first updates are about lr * sign(gradient). Modelled in one process by adding noise
+# of 1e-7 times each gradient's RMS to every nonzero gradient (the attacks' and the weights'), runs
+# ended as far from the noiseless run as a wrong loss share does (7e-4 to 1e-2): std over a
+# 986-example epoch in 5 of 16 runs; PGD at its own step (2.5 eps / steps) over these three
+# batches in 1 of 32, and in 11 of 16 without the eps ramp. With these runs and a PGD step of
+# 0.001: none of 64 for pgd (largest 4e-6), none of 16 each for std, vae and cvae (largest 1e-6).
+# A flipped sign then moves a pixel by 0.002, next to random starts up to eps = 0.25 drawn for the
+# global batch and sliced, which the two processes must share. TOL is 25 times the largest
+# difference modelled (on this machine the runs end 2e-7 apart). Broken on purpose, the
+# two-process runs ended: each process's own mean loss rather than its share, 5e-3 to 1.3e-2 away
+# (every mode); both processes on rank 0's rows, 4e-2 to 6e-2; random starts drawn per process, or
+# the attack generator seeded per rank, 3e-2 to 5e-2 (pgd and cvae, the modes that draw).
+PGD_STEP = "0.001"
+TOL = 1e-4
+
+
 def data_args(kind, mode, mnist_root):
+    args = ["--limit", SHORT, "--batch-size", "75"] + (["--step-size", PGD_STEP] if mode == "pgd" else [])
     if kind == "mnist":
         if not (mnist_root / "train-images-idx3-ubyte.gz").exists():
             pytest.skip("real MNIST not found")
-        # PGD: 8 batches. Further on, its sign steps amplify rounding: one process alone, its
-        # initial weights moved by 1e-7, ends 2000 images (16 batches) 3e-2 from where it would have
-        limit = "2000" if mode == "std" else "600"
-        return ["--data", "mnist", "--data-root", mnist_root, "--limit", limit, "--steps", "10"]
-    return ["--data", "synthetic", "--limit", "1000", "--steps", "5"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, runner):
-    d = tmp_path_factory.mktemp("dist")
-    base = ["--data", "synthetic", "--limit", "600", "--device", "cpu", "--epochs", "2"]
-    torchrun(runner, 1, "train", *base, "--mode", "std", "--out", d / "std.safetensors")
-    torchrun(runner, 1, "train", *base, "--mode", "cvae", "--out", d / "cvae.safetensors")
-    return d
+        return ["--data", "mnist", "--data-root", mnist_root, "--steps", "10", *args]
+    return ["--data", "synthetic", "--steps", "5", *args]
 
 
 MNIST = pytest.mark.mnist
@@ -98,38 +127,46 @@ MNIST = pytest.mark.mnist
                                        ("synthetic", "cvae"), pytest.param("mnist", "std", marks=MNIST),
                                        pytest.param("mnist", "pgd", marks=MNIST)])
 def test_two_processes_train_what_one_trains(tmp_path, runner, mnist_root, models, kind, mode):
-    # batches of 75 split 38 + 37: a rank's loss must count for its share of the batch
+    # --adv-start 0: every batch adversarial, its eps ramping up over the epoch (--eps-warmup 1)
     args = ["train", *data_args(kind, mode, mnist_root), "--mode", mode, "--epochs", "1", "--adv-start", "0",
-            "--batch-size", "75", "--device", "cpu", "--json"]
-    if mode == "vae":  # latent attacks: random latent starts drawn for the global batch
+            "--device", "cpu", "--json"]
+    if mode == "vae":  # latent FGSM (no random start) through the CVAE, on each process's rows
         args += ["--cvae", models / "cvae.safetensors"]
     out = {}
     for n in (1, 2):
         path = tmp_path / f"{n}.safetensors"
-        stdout, _ = torchrun(runner, n, *args, "--out", path)
-        meta = json.loads(stdout[stdout.index("{"):])  # rank 0 alone prints the document
+        if n == 1:  # one process: a plain run, here (torchrun with one process is the same run)
+            meta = cli_json(*args, "--out", path)
+        else:
+            stdout, _ = torchrun(runner, n, *args, "--out", path)
+            meta = json.loads(stdout[stdout.index("{"):])  # rank 0 alone prints the document
         assert meta["world_size"] == n and checkpoint.load(path).meta["world_size"] == n
         out[n] = (weights(path), meta)
-    # one gradient sum split in two and added: rounding apart, the same training
-    assert max_rel(out[1][0], out[2][0]) <= 1e-5
-    loss = [out[n][1]["history"][0]["train_loss"] for n in (1, 2)]
-    assert loss[1] == pytest.approx(loss[0], rel=1e-6)  # a CVAE's NELBO is in the thousands
+    (w1, m1), (w2, m2) = out[1], out[2]
+    # one gradient sum split in two and added: rounding apart, the same training (see TOL)
+    assert max_rel(w1, w2) <= TOL
+    loss = [m["history"][0]["train_loss"] for m in (m1, m2)]
+    # float32 sums of each batch's losses in other orders (the modelled runs: 4e-8 apart at most);
+    # relative, as a CVAE's NELBO is in the thousands
+    assert loss[1] == pytest.approx(loss[0], rel=1e-6)
     if mode == "cvae":
-        assert out[1][1]["test_nelbo"] == pytest.approx(out[2][1]["test_nelbo"], rel=1e-6)
-    else:
-        assert out[1][1]["clean_accuracy"] == out[2][1]["clean_accuracy"]
+        assert m1["test_nelbo"] == pytest.approx(m2["test_nelbo"], rel=1e-6)
+    else:  # weights this close can part only a test example whose two top logits tie to 1e-4
+        assert abs(m1["clean_accuracy"] - m2["clean_accuracy"]) <= 1 / m1["n_test"]
 
 
+@pytest.mark.slow
 def test_attack_and_spectrum_agree_with_one_process(runner, models):
     std, cvae = models / "std.safetensors", models / "cvae.safetensors"
+    attack = ["attack", std, "--attacks", "clean,pgd,l1,vae", "--cvae", cvae, "--limit", "240", "--steps", "3",
+              "--batch-size", "60", "--device", "cpu", "--json"]  # 4 batches: 2 per process
+    spectrum = ["spectrum", std, "--classes", "0,1,2", "--limit", "600", "--batch-size", "70", "--device", "cpu",
+                "--json"]
     acc, spectra = {}, {}
-    for n in (1, 2):
-        out, _ = torchrun(runner, n, "attack", std, "--attacks", "clean,pgd,l1,vae", "--cvae", cvae, "--limit", "500",
-                          "--steps", "3", "--batch-size", "60", "--device", "cpu", "--json")
-        acc[n] = [(r["attack"], r["accuracy"], r.get("recon_accuracy")) for r in json.loads(out)["results"]]
-        out, _ = torchrun(runner, n, "spectrum", std, "--classes", "0,1,2", "--limit", "1500", "--batch-size", "70",
-                          "--device", "cpu", "--json")
-        spectra[n] = json.loads(out)
+    for n in (1, 2):  # one process: a plain run, here
+        docs = [cli_json(*args) if n == 1 else json.loads(torchrun(runner, n, *args)[0]) for args in (attack, spectrum)]
+        acc[n] = [(r["attack"], r["accuracy"], r.get("recon_accuracy")) for r in docs[0]["results"]]
+        spectra[n] = docs[1]
     assert acc[1] == acc[2]  # whole batches dealt to the ranks, each with its own generator
     for a, b in zip(spectra[1]["sets"], spectra[2]["sets"]):
         ea, eb = np.array(a["eigenvalues"]), np.array(b["eigenvalues"])
@@ -140,21 +177,11 @@ def test_attack_and_spectrum_agree_with_one_process(runner, models):
     assert sum(s["n"] for s in spectra[1]["sets"] if s["name"] == first) > 2 * 70
 
 
-def wait_for(proc, marker, timeout=120):
-    t0 = time.monotonic()
-    for line in proc.stdout:
-        if line.startswith(marker):
-            return line.split()
-        if time.monotonic() - t0 > timeout:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"never saw {marker!r}: {proc.stderr.read()[-3000:]}")
-
-
-ARGS = ["train", "--data", "synthetic", "--mode", "pgd", "--limit", "512", "--batch-size", "64", "--epochs", "3",
+ARGS = ["train", "--data", "synthetic", "--mode", "pgd", "--limit", "192", "--batch-size", "64", "--epochs", "3",
         "--adv-start", "1", "--steps", "2", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, runner):
     full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
     torchrun(runner, 2, *ARGS, "--out", full)
