@@ -3,18 +3,56 @@ CVAE a latent attack used (a replaced CVAE cannot resume a model or reuse its ev
 
 import re
 import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from manifoldadv import checkpoint
-from manifoldadv.runtime import versions
+from manifoldadv.runtime import host, versions
 
 from helpers import assert_usage_error, cli, cli_json
 
 SYN = ["--data", "synthetic", "--limit", "64", "--device", "cpu"]
+PACKAGE = Path(host.__file__).resolve().parents[1]
 
 
+def in_git_checkout() -> bool:
+    """Whether the code runs from a git checkout (not, say, an unpacked source tarball)."""
+    try:
+        return subprocess.run(["git", "-C", str(PACKAGE), "rev-parse", "HEAD"], capture_output=True,
+                              timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not in_git_checkout(), reason="not a git checkout: nothing to name")
 def test_versions_name_the_commit_and_whether_the_tree_was_clean():
     v = versions()
     assert re.fullmatch(r"[0-9a-f]{12}", v["commit"]) and isinstance(v["dirty"], bool)
+
+
+@pytest.fixture
+def fresh_git_state():
+    """git_state is read once per process: forget it before and after the test."""
+    host.git_state.cache_clear()
+    yield
+    host.git_state.cache_clear()
+
+
+@pytest.mark.parametrize("without", ["repository", "git"])
+def test_without_git_the_commit_is_unknown_not_an_error(tmp_path, monkeypatch, fresh_git_state, without):
+    """An unpacked source tarball (no repository), or no git program at all: the record says the
+    commit and the tree's state are unknown (null), and training still records them."""
+    if without == "git":
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # `git` is not found
+    else:
+        monkeypatch.setenv("GIT_DIR", str(tmp_path / "no-repository"))
+    v = versions()
+    assert v["commit"] is None and v["dirty"] is None and v["torch"]
+    meta = cli_json("train", *SYN, "--epochs", "1", "--out", tmp_path / "m.safetensors")
+    assert meta["versions"]["commit"] is None and meta["versions"]["dirty"] is None
+    assert checkpoint.load(tmp_path / "m.safetensors").meta["versions"]["commit"] is None
 
 
 def test_checkpoint_records_the_data_it_saw(tmp_path):
