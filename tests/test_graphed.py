@@ -161,9 +161,9 @@ def test_training_a_batchnorm_net_with_graphed_attacks_is_bit_identical_on_cpu()
 
 def test_attack_graphs_are_refused_where_they_cannot_run(tmp_path):
     with pytest.raises(UsageError, match="CUDA graphs"):
-        graphed.require("cpu", "pgd")
+        graphed.require("cpu", training.mode("pgd"))
     with pytest.raises(UsageError, match="cvae"):
-        graphed.require("cuda", "cvae")
+        graphed.require("cuda", training.mode("cvae"))
     cfg = training.resolve_config("synthetic", "pgd", epochs=1, adv_start=0, steps=1, limit=64)
     with pytest.raises(UsageError, match="--attack-graphs"):
         training.train(cfg, load_dataset("synthetic"), device="cpu", out=tmp_path / "m.safetensors", attack_graphs=True)
