@@ -26,6 +26,7 @@ from manifoldadv import checkpoint, ops
 from manifoldadv.training import loop as training  # the loop module: hooks replace its functions
 from manifoldadv.runtime import outputs
 from manifoldadv.errors import UsageError
+from manifoldadv.training import resolve_config
 
 from helpers import assert_error, cli, cli_json, write_fake_mnist
 
@@ -422,8 +423,8 @@ API_CASES = [
             UsageError, r"\[0, 3\)"),
     ApiCase("cov-int-features", lambda: ops.ClassCovariance(3, 5).update(torch.ones(2, 5, dtype=torch.int64),
                                                                           torch.tensor([0, 1])), UsageError, "floating"),
-    ApiCase("config-lr-zero", lambda: training.resolve_config("synthetic", "std", lr=0.0), UsageError, "--lr"),
-    ApiCase("config-no-adversarial-epoch", lambda: training.resolve_config("mnist", "pgd", epochs=3), UsageError,
+    ApiCase("config-lr-zero", lambda: resolve_config("synthetic", "std", lr=0.0), UsageError, "--lr"),
+    ApiCase("config-no-adversarial-epoch", lambda: resolve_config("mnist", "pgd", epochs=3), UsageError,
             "no adversarial epoch"),
 ]
 
