@@ -149,13 +149,15 @@ class Quantize(torch.nn.Module):
 
 
 @needs_aa
-@pytest.mark.slow
 def test_audit_flags_a_masked_model_and_passes_a_trained_one(trained):
+    # 200 examples: one example is the 0.5 pp check (c) allows. 20 PGD steps: on this model PGD has
+    # converged by then (0% at eps; accuracies at 1/4..1 eps within one example of 40 steps'), and
+    # every verdict is the same as with 40 steps, in half the time
     model, ds, _ = trained
-    plain = {c.key: c.verdict for c in audit(model, ds.test, "synthetic", device="cpu", n=200, steps=40)}
+    plain = {c.key: c.verdict for c in audit(model, ds.test, "synthetic", device="cpu", n=200, steps=20)}
     assert all(v in ("pass", "n/a") for v in plain.values()), plain
     masked = torch.nn.Sequential(Quantize(), model)
-    verdicts = {c.key: c.verdict for c in audit(masked, ds.test, "synthetic", device="cpu", n=200, steps=40)}
+    verdicts = {c.key: c.verdict for c in audit(masked, ds.test, "synthetic", device="cpu", n=200, steps=20)}
     failed = {k for k, v in verdicts.items() if v == "FAIL"}
     assert {"b", "e", "g"} <= failed and len(failed) >= 3, verdicts
 
