@@ -69,9 +69,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+KINDS = ("classifier", "cvae")
 # What every field the code reads must be: (check, what it should be, required for kinds).
 _FIELDS = {
-    "kind": (lambda v: v in ("classifier", "cvae"), '"classifier" or "cvae"', ("classifier", "cvae")),
+    "kind": (lambda v: v in KINDS, '"classifier" or "cvae"', KINDS),
     "model": (lambda v: isinstance(v, str) and v in models.available(), "a registered model name",
               ("classifier", "cvae")),
     "model_kwargs": (lambda v: isinstance(v, dict), "an object", ()),
@@ -139,23 +140,35 @@ class Checkpoint:
                                       mean=m.get("mean"), std=m.get("std"), **kw)
             else:
                 model = models.create(m["model"], in_shape=m["in_shape"], num_classes=m["num_classes"], **kw)
+        except CheckpointError:
+            raise
         except (TypeError, ValueError) as exc:  # model_kwargs the builder does not take
             raise CheckpointError(f"{self.path}: checkpoint metadata field 'model_kwargs' does not fit model "
                                   f"{m['model']!r} ({exc})") from None
+        state = self.state_dict()
         try:
-            model.load_state_dict(self.state_dict())
+            model.load_state_dict(state)
         except (RuntimeError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{self.path}: weights do not match model {m['model']!r} ({first})") from None
+        bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:  # every number it would give is garbage
+            raise CheckpointError(f"{self.path}: tensor {bad!r} holds NaN or infinite values; the model cannot be used")
         return model.to(device)
 
 
 def load(path, *, kind: str | None = None) -> Checkpoint:
     """Read a checkpoint; a missing, truncated, non-safetensors or wrong-kind file is a
     CheckpointError naming the file and the problem."""
+    if kind is not None and kind not in KINDS:
+        raise CheckpointError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a device or a pipe?)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             raw_meta = (f.metadata() or {}).get(META_KEY)

@@ -7,8 +7,9 @@ class ManifoldError(Exception):
     exit_code = 1
 
 
-class UsageError(ManifoldError):
-    """Bad arguments or bad input files (exit 2)."""
+class UsageError(ManifoldError, ValueError):
+    """Bad arguments or bad input files (exit 2); a ValueError, so that API callers who catch
+    those catch these."""
 
     exit_code = 2
 

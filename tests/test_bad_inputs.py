@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from manifoldadv import checkpoint, ops
 from manifoldadv.training import loop as training  # the loop module: hooks replace its functions
 from manifoldadv.runtime import outputs
+from manifoldadv.attacks import make_spec
 from manifoldadv.errors import UsageError
 from manifoldadv.training import resolve_config
 
@@ -74,6 +75,17 @@ def meta_case(where, **changes):
         return ["train", *SYN, "--mode", "vae", "--epochs", "2", "--adv-start", "1", "--cvae", bad,
                 "--out", tmp / "v.safetensors"]
     return setup
+
+
+def nan_weights(tmp, art):
+    """A copy of the classifier with one NaN in its first weight tensor."""
+    with safe_open(str(art / "clf.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    name = next(k for k in tensors if k.startswith("model/") and tensors[k].is_floating_point())
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(tmp / "nan.safetensors"), metadata=meta)
+    return tmp / "nan.safetensors"
 
 
 def plain(*args):
@@ -178,6 +190,25 @@ CASES = [
     Case("exists-without-flags", "advice", lambda tmp, art: ["train", *SYN, "--epochs", "1", "--out",
                                                              shutil.copy(art / "clf.safetensors", tmp / "c.safetensors")],
          needles=("--resume", "--force"), kept=("c.safetensors",)),
+    # 10. no silent garbage: non-finite weights refused at load, naming the file and the tensor
+    Case("attack-nan-weights", "finite", plain("attack", nan_weights, "--attacks", "clean,fgsm", "--limit", "8",
+                                               "--device", "cpu"), needles=("nan.safetensors", "NaN"),
+         kept=("nan.safetensors",)),
+    Case("spectrum-nan-weights", "finite", plain("spectrum", nan_weights, "--classes", "0", "--limit", "50",
+                                                 "--device", "cpu"), needles=("nan.safetensors", "tensor 'net."),
+         kept=("nan.safetensors",)),
+    # 11. an output's format checked before any work
+    Case("spectrum-plot-txt", "io", plain("spectrum", *SYN, "--classes", "0", "--plot", "fig.txt"),
+         needles=("fig.txt", ".png")),
+    Case("theory-plot-txt", "io", plain("theory", "plot", "t.txt"), needles=("t.txt", ".png")),
+    # 12. a path that exists but is no checkpoint file
+    Case("attack-checkpoint-is-folder", "arguments", plain("attack", a_folder("d.safetensors"), "--device", "cpu"),
+         needles=("is a directory",)),
+    Case("attack-checkpoint-is-device", "arguments", plain("attack", "/dev/zero", "--device", "cpu"),
+         needles=("not a regular file",)),
+    # 13. bounded work
+    Case("attack-steps-huge", "arguments", plain("attack", art_path("clf.safetensors"), "--attacks", "pgd", "--steps",
+                                                 str(10**21), "--limit", "8", "--device", "cpu"), needles=("steps",)),
     # plain bad arguments of every command
     Case("attack-unknown-attack", "arguments", plain("attack", art_path("clf.safetensors"), "--attacks", "pgd,warp"),
          needles=("warp",)),
@@ -218,6 +249,14 @@ def test_bad_cli_input(case, tmp_path, monkeypatch, art):
     assert_one_error_line(r, case.code, case.needles)
     assert files(tmp_path) - before == set() and files(art) == art_before, files(tmp_path) - before
     assert set(case.kept) <= before | files(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["reproduce", "tradeoff"])
+def test_a_study_that_fails_on_its_inputs_leaves_no_folder(tmp_path, command):
+    (tmp_path / "empty").mkdir()
+    r = cli(command, "--data", "mnist", "--data-root", tmp_path / "empty", "--quick", "--run-dir", tmp_path / "run")
+    assert_error(r, 2, "MNIST file")
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_matrix_covers_every_class():
@@ -340,6 +379,7 @@ def quick_study(tmp_path_factory):
     return run, args, cli_json(*args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["evals.json", "spectra.json"])
 def test_corrupt_study_cache_is_named_moved_aside_and_rebuilt(quick_study, name):
     run, args, first = quick_study
@@ -352,6 +392,7 @@ def test_corrupt_study_cache_is_named_moved_aside_and_rebuilt(quick_study, name)
     assert len(list((run / "results").glob(f"{name}.corrupt-*"))) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["evals.json", "spectra.json"])
 def test_cache_of_another_version_is_rebuilt_with_one_line(quick_study, name):
     """A cache without this version's format (the shape older versions wrote: keys to rows) is
@@ -423,6 +464,15 @@ API_CASES = [
             UsageError, r"\[0, 3\)"),
     ApiCase("cov-int-features", lambda: ops.ClassCovariance(3, 5).update(torch.ones(2, 5, dtype=torch.int64),
                                                                           torch.tensor([0, 1])), UsageError, "floating"),
+    ApiCase("spec-eps-nan", lambda: make_spec("pgd", "mnist", eps=float("nan")), ValueError, "eps"),
+    ApiCase("spec-eps-inf", lambda: make_spec("pgd", "mnist", eps=float("inf")), ValueError, "eps"),
+    ApiCase("spec-step-size-negative", lambda: make_spec("pgd", "mnist", step_size=-1), ValueError, "step_size"),
+    ApiCase("spec-steps-fraction", lambda: make_spec("pgd", "mnist", steps=2.5), ValueError, "steps"),
+    ApiCase("spec-steps-huge", lambda: make_spec("pgd", "mnist", steps=10**21), ValueError, "steps"),
+    ApiCase("spec-restarts-zero", lambda: make_spec("l2", "mnist", restarts=0), ValueError, "restarts"),
+    ApiCase("spec-name-none", lambda: make_spec(None, "mnist"), ValueError, "attack name"),
+    ApiCase("checkpoint-kind-unknown", lambda: checkpoint.load("x.safetensors", kind="banana"), ValueError, "kind"),
+    ApiCase("checkpoint-device-file", lambda: checkpoint.load("/dev/zero"), ValueError, "not a regular file"),
     ApiCase("config-lr-zero", lambda: resolve_config("synthetic", "std", lr=0.0), UsageError, "--lr"),
     ApiCase("config-no-adversarial-epoch", lambda: resolve_config("mnist", "pgd", epochs=3), UsageError,
             "no adversarial epoch"),

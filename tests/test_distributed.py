@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -252,3 +253,16 @@ def test_processes_that_see_different_checkpoints_refuse_to_resume(tmp_path, epo
         assert got == {0: "ok", 1: "ok"}
     else:
         assert got[0] == got[1] and "different epochs (2, 0 by rank)" in got[0] and "share" in got[0]
+
+
+def test_a_usage_error_under_torchrun_is_said_once(tmp_path, runner):
+    """Every process finds the same bad argument: the first alone says it, every one exits 2."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(runner),
+           "train", "--data", "synthetic", "--epochs", "0", "--out", str(tmp_path / "m.safetensors")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "--epochs" in lines[0], p.stderr
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", p.stderr)  # torchrun's summary of its failed processes
+    assert p.returncode != 0 and "2" in codes and set(codes) <= {"2", "-15"}, p.stderr[-3000:]
+    assert not list(tmp_path.iterdir())

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from manifoldadv.training import loop as training
-    from manifoldadv.cli import main
+    from manifoldadv.entry import main  # the console script's entry: its signal handling
     slow_save, pause_epoch = int(os.environ.get("SLOW_SAVE", "0")), int(os.environ.get("PAUSE_EPOCH", "-1"))
     real_epoch, real_replace, saves = training.train_epoch, os.replace, []
     epoch_of = lambda a, k: inspect.signature(real_epoch).bind(*a, **k).arguments["epoch"]  # noqa: E731
@@ -100,13 +101,14 @@ def test_sigkill_mid_epoch_and_mid_save_then_resume_is_bit_identical(tmp_path):
     assert temporaries(tmp_path) == []
 
 
-def test_sigint_says_what_was_interrupted_and_what_is_kept(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_says_what_was_interrupted_and_what_is_kept(tmp_path, sig, code):
     out = tmp_path / "m.safetensors"
     p = child([*ARGS, "--out", out], PAUSE_EPOCH=1)
     wait_for(p, "EPOCH 1")
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130
+    assert p.returncode == code, err[-2000:]
     lines = err.strip().splitlines()
     assert [ln for ln in lines if ln.startswith("error: ")] == [lines[-1]] and "Traceback" not in err
     assert lines[-1] == (f"error: interrupted in epoch 2/3 of training {out}; epoch 1 is saved in {out}; "
@@ -125,3 +127,16 @@ def test_sigint_during_a_save_keeps_a_whole_checkpoint(tmp_path, sig):
     assert err.strip().splitlines()[-1] == (f"error: interrupted while saving epoch 2 to {out}; {out} holds epoch 1 "
                                             f"or 2, whole; rerun with --resume")
     assert checkpoint.load(out).meta["epoch"] == 1 and temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_while_starting_is_one_line(tmp_path, sig, code):
+    """The first seconds go to importing torch: an interrupt there is answered too."""
+    script = "print('UP', flush=True)\nimport sys\nsys.argv = ['manifoldadv', 'info']\nfrom manifoldadv.entry import main\nmain()"
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    wait_for(p, "UP")
+    time.sleep(0.5)  # past the few milliseconds of importing the entry point, inside torch's seconds
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code and err == "error: interrupted while starting; nothing was written\n", err[-2000:]

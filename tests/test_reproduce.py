@@ -1,5 +1,6 @@
 """`reproduce` and `tradeoff` end to end on tiny synthetic runs, and resumption after a kill."""
 
+import inspect
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from helpers import assert_usage_error, cli, cli_json
 TINY = ["--data", "synthetic", "--quick", "--limit", "120", "--no-theory", "--no-autoattack", "--no-audit"]
 
 
+@pytest.mark.slow
 def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     run = tmp_path / "run"
     with_checks = [a for a in TINY if a not in ("--no-autoattack", "--no-audit")] + ["--autoattack", "--audit"]
@@ -59,14 +61,16 @@ def test_theory_table_renders_from_strict_json():
     assert "2/3 checks pass (1 not applicable)." in md and "| Thm 4 (Monte Carlo) | rank 3 | n/a | 4 (z) | n/a |" in md
 
 
+@pytest.mark.slow
 def test_reproduce_resumes_after_a_kill(tmp_path, monkeypatch):
     run = tmp_path / "run"
     real_save, real_train = checkpoint.save, training.train
     saves, trained = [], []
+    path_of = lambda a, k: inspect.signature(real_save).bind(*a, **k).arguments["path"]  # noqa: E731
 
     def dying_save(*a, **k):
         real_save(*a, **k)
-        saves.append(a[0])
+        saves.append(path_of(a, k))
         if len(saves) == 9:  # cvae (6 epochs) + std (3 epochs) done; killed right after
             raise KeyboardInterrupt
 
@@ -81,7 +85,7 @@ def test_reproduce_resumes_after_a_kill(tmp_path, monkeypatch):
 
     def dying_save2(*a, **k):
         real_save(*a, **k)
-        saves.append(a[0])
+        saves.append(path_of(a, k))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save", dying_save2)

@@ -73,6 +73,8 @@ NORM_OF = {n: k.norm for n, k in KINDS.items() if not k.identity}
 
 
 def kind(name: str) -> AttackKind:
+    if not isinstance(name, str):
+        raise UsageError(f"an attack name is a string, got {name!r}")
     if name in KINDS:
         return KINDS[name]
     if name.startswith(WORST):  # built on demand, not added: KINDS stays the registry as declared
@@ -173,6 +175,26 @@ def describe(spec: dict, *, step_size: bool = False) -> str:
     return f"{name} ({budget}, {steps}{restarts}{extra})"
 
 
+# far beyond any attack in the literature (AutoAttack: 100 iterations, 5000 queries); a larger value
+# is a typo that would run for days
+MAX_STEPS = 100_000
+MAX_RESTARTS = 1_000
+
+
+def _number(name: str, attack: str, v, *, positive: bool = False) -> float:
+    import math
+
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise UsageError(f"attack {attack}: {name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+    return float(v)
+
+
+def _count(name: str, attack: str, v, most: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or float(v) != int(v) or not 1 <= v <= most:
+        raise UsageError(f"attack {attack}: {name} must be a whole number from 1 to {most}, got {v!r}")
+    return int(v)
+
+
 def default_step_size(eps: float, steps: int) -> float:
     return 2.5 * eps / max(steps, 1)
 
@@ -197,26 +219,22 @@ def make_spec(name: str, dataset: str, *, train: bool = False, eps: float | None
         why = ("one step of size eps from x" if k.one_step else
                "its authors' fixed settings" if k.external else "no gradient steps")
         raise UsageError(f"attack {name} takes {why}: {', '.join(given)} do{'es' if len(given) == 1 else ''} not apply")
-    restarts = k.restarts if restarts is None else restarts
-    if restarts < 1:
-        raise UsageError(f"restarts must be >= 1, got {restarts}")
+    restarts = _count("restarts", name, k.restarts if restarts is None else restarts, MAX_RESTARTS)
     d = defaults(dataset)
     if k.space == "latent":
         eps = d.latent_eps if eps is None else eps
     else:
         eps = (d.train_eps if train else d.test_eps)[k.norm] if eps is None else eps
-    if eps < 0:
-        raise UsageError(f"attack {name}: need eps >= 0, got {eps}")
+    eps = _number("eps", name, eps)
     if k.one_step:
         return AttackSpec(name, k.norm, float(eps), 1, float(eps), False, 1)
     if k.external:
         return AttackSpec(name, k.norm, float(eps), 0, 0.0, False, 1)
     if k.gradient_free:
         return AttackSpec(name, k.norm, float(eps), 0, 0.0, False, int(restarts))
-    steps = (d.latent_steps if k.space == "latent" else d.steps) if steps is None else steps
-    if steps < 1:
-        raise UsageError(f"attack {name}: need steps >= 1, got {steps}")
-    step_size = default_step_size(eps, steps) if step_size is None else step_size
+    steps = _count("steps", name, (d.latent_steps if k.space == "latent" else d.steps) if steps is None else steps,
+                   MAX_STEPS)
+    step_size = default_step_size(eps, steps) if step_size is None else _number("step_size", name, step_size)
     rs = True if random_start is None else random_start
     return AttackSpec(name, k.norm, float(eps), int(steps), float(step_size), rs, int(restarts))
 

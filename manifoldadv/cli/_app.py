@@ -21,14 +21,20 @@ DEBUG_ENV = "MANIFOLDADV_DEBUG"
 
 
 def _fail(message: str, code: int) -> int:
-    typer.echo(f"error: {message}", err=True)
+    """One line on stderr. Under torchrun every process finds the same usage error (exit 2): the
+    first process alone says it; other failures may be one process's own, so each says its own."""
+    if code != 2 or int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"error: {message}", err=True)
     return code
 
 
 class Interrupted(ManifoldError):
-    """Ctrl-C: the message says what was interrupted and what is kept (console.doing)."""
+    """Ctrl-C (exit 130) or SIGTERM (143): the message says what was interrupted and what is kept
+    (console.doing)."""
 
-    exit_code = 130
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class RunBroken(ManifoldError):
@@ -46,7 +52,7 @@ class ManifoldGroup(typer.core.TyperGroup):
             raise RunBroken(f"another process of this run stopped ({str(exc) or 'SIGTERM'}); "
                             f"{console.interrupted_line(exc)}") from None
         except KeyboardInterrupt as exc:
-            raise Interrupted(console.interrupted_line(exc)) from None
+            raise Interrupted(console.interrupted_line(exc), getattr(exc, "exit_code", 130)) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -75,7 +81,7 @@ class ManifoldGroup(typer.core.TyperGroup):
                 raise
             code = _fail(f"{exc.filename}: {exc.strerror or exc}", 2)
         except KeyboardInterrupt as exc:
-            code = _fail(console.interrupted_line(exc), 130)
+            code = _fail(console.interrupted_line(exc), getattr(exc, "exit_code", 130))
         except Exception as exc:  # a bug: say so in one line unless debugging
             if debug:
                 raise

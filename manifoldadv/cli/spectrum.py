@@ -75,7 +75,7 @@ def spectrum(
     classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated classes (default: all).")] = None,
     attack: Annotated[SpectrumAttack, typer.Option("--attack", help="auto: the latent attack for vae-trained models, PGD otherwise.")] = SpectrumAttack.auto,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE for the vae attack (default: the one the checkpoint was trained with).")] = None,
-    plot_path: Annotated[Optional[Path], typer.Option("--plot", dir_okay=False, help="Write the Figure-2 style plot (PNG).")] = None,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", dir_okay=False, help="Write the Figure-2 style plot (.png, .pdf or .svg).")] = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every eigenvalue as CSV.")] = None,
     floor: Annotated[float, typer.Option("--floor", min=0.0, help="Eigenvalue floor, relative to the clean class's largest.")] = DEFAULT_FLOOR_REL,
     recon: Annotated[bool, typer.Option("--recon", help="Also measure the CVAE's reconstructions G(I(x)) and compare each latent-attack set with them (the perturbation's effect without the encode-decode loss).")] = False,
@@ -84,9 +84,10 @@ def spectrum(
 ) -> None:
     """Eigenvalues of each class's covariance: clean test set and robust test sets."""
     dev = run.start()
-    for path, what in ((plot_path, "plot"), (csv, "CSV")):
-        if path is not None:
-            outputs.check_file(path, what)
+    if plot_path is not None:
+        outputs.check_figure(plot_path, "plot")
+    if csv is not None:
+        outputs.check_file(csv, "CSV")
     checkpoints = checkpoints or []
     data_name, _ = checkpoints_dataset(checkpoints)
     data_name = data_name or (data if data else "synthetic")

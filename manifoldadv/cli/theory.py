@@ -376,9 +376,7 @@ def plot(
     Left: lambda^ls/lambda (Thm 5) and lambda^r/lambda (Thm 6). Right: Corollary 3, Theorem 2's
     perturbation part and Theorem 4 against L, with slope -1 and -2 guides."""
     R.check_multipliers(L, L_orig)
-    if file.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UsageError(f"plot writes .png, .pdf or .svg, got {file.name!r}")
-    outputs.check_file(file, "plot")
+    outputs.check_figure(file, "plot")
     R.check_L_range(L_min, L_max)
     lam, source = inp.resolve()
     fig, ratio_ls, ratio_r = T.theory_figure(lam, q=inp.q, L=L, L_orig=L_orig, strategy=strategy, L_min=L_min,

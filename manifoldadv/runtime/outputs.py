@@ -132,6 +132,19 @@ def check_file(path, what: str = "output") -> Path:
     return path
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_figure(path, what: str = "figure") -> Path:
+    """A figure's path, refused before any work when its format is not one we write or when it
+    cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise OutputError(f"{what} {path}: figures are written as {', '.join(FIGURE_SUFFIXES)}, "
+                          f"not {path.suffix or 'a file without a suffix'}")
+    return check_file(path, what)
+
+
 def check_folder(folder, what: str = "output", *, shown: Path | None = None) -> Path:
     """Fail now if `folder` cannot be created (where missing) and written into."""
     folder = Path(folder)

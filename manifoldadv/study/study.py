@@ -66,9 +66,11 @@ class Study:
             external.require()
         if self.full_checks is None:
             self.full_checks = str(self.device).startswith("cuda")
-        self.run_dir = outputs.make_folder(self.run_dir, "run folder")
-        outputs.make_folder(self.run_dir / "results", "run folder")
-        outputs.make_folder(self.run_dir / "figures", "run folder")
+        # checked now, made by the first file written into them: a run that fails before it has
+        # anything to keep leaves nothing behind
+        self.run_dir = outputs.check_folder(self.run_dir, "run folder")
+        for sub in ("results", "figures"):
+            outputs.check_folder(self.run_dir / sub, "run folder")
         if self.quick and self.eval_steps is None:
             self.eval_steps = defaults(self.data).quick.steps
 
