@@ -43,9 +43,10 @@ class QuickSchedule:
     checked: int = 20  # test examples of the AutoAttack rows and the audit: a quick run shows them, they cost the most
 
 
-@dataclass
+@dataclass(frozen=True)
 class Schedule:
-    """What a classifier's training run is: the defaults of a data set and each run's settings."""
+    """What a classifier's training run is: the defaults of a data set and each run's settings
+    (training.TrainConfig) extend it."""
 
     model: str
     epochs: int
@@ -55,7 +56,7 @@ class Schedule:
     weight_decay: float
 
 
-@dataclass  # not frozen: TrainConfig, a run's settings, extends the same Schedule
+@dataclass(frozen=True)
 class DataDefaults(Schedule):
     train_eps: dict  # norm -> eps used for adversarial training
     test_eps: dict  # norm -> eps used by `attack`

@@ -346,6 +346,23 @@ def test_disk_full_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
     assert files(tmp_path) == set()
 
 
+def test_outputs_of_one_command_are_kept_together_or_not_at_all(tmp_path, monkeypatch):
+    """spectrum writes its figure, then its CSV: a disk that fills between the two leaves neither."""
+    real = outputs.os.fsync
+    calls = []
+
+    def full_on_second_file(fd):
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(outputs.os, "fsync", full_on_second_file)
+    r = cli("spectrum", *SYN, "--classes", "0", "--plot", tmp_path / "s.png", "--csv", tmp_path / "s.csv")
+    assert_one_error_line(r, 2, (f"cannot write {tmp_path / 's.csv'}", "No space left on device"))
+    assert len(calls) == 2 and files(tmp_path) == set()
+
+
 # ---------------------------------------------------------------- temporary files and caches
 
 

@@ -100,12 +100,14 @@ def spectrum(
     sets = compute(checkpoints, ds, cls, dev, attack=attack, cvae=cvae, batch_size=batch_size, seed=run.seed,
                    reconstructions=recon, top=top, precision=run.precision, compile=compiled)
     summary = summarize_all(sets, floor_rel=floor, top=top)
-    if plot_path is not None:
-        plot(plot_path, sets, cls, top=top, title=f"{data_name}: per-class covariance eigenvalues")
-        console.log(f"wrote {plot_path}")
-    if csv is not None:
-        write_csv(csv, sets)
-        console.log(f"wrote {csv}")
+    with outputs.together():
+        if plot_path is not None:
+            plot(plot_path, sets, cls, top=top, title=f"{data_name}: per-class covariance eigenvalues")
+        if csv is not None:
+            write_csv(csv, sets)
+    for path in (plot_path, csv):
+        if path is not None:
+            console.log(f"wrote {path}")
     if run.json_out:
         console.emit_json({"dataset": data_name, **accel.record(run.precision, compiled),
                            **to_json(sets, summary, cls, floor, top)})

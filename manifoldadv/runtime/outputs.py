@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputError
@@ -64,14 +65,40 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
+_together: list[list[Path]] = []  # the files each open `together` block has created
+
+
+@contextmanager
+def together():
+    """The outputs written inside are kept together or not at all: when the block fails, the files
+    it created are removed (a figure whose CSV could not follow it is no result)."""
+    created: list[Path] = []
+    _together.append(created)
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        raise
+    finally:
+        _together.pop()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it. With several
     processes rank 0 writes and every rank waits for it (distributed.py)."""
     from . import distributed
 
+    path = Path(path)
+    new = not path.exists()
     if distributed.is_main():
-        _write(Path(path), data)
+        _write(path, data)
     distributed.barrier()
+    if new and _together:
+        _together[-1].append(path)
 
 
 def _write(path: Path, data: bytes) -> None:

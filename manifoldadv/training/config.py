@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import models
 from ..attacks import AttackSpec, spec_for
-from ..config import defaults
+from ..config import Schedule, defaults
 from ..errors import UsageError
 from ..runtime import accel, outputs
 from .modes import CVAE, ModeKind, mode as mode_kind
@@ -22,13 +22,7 @@ IDENTITY = ("data", "mode", "model", "epochs", "adv_start", "batch_size", "lr", 
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    model: str
-    epochs: int
-    adv_start: int  # the first adversarial epoch (0-based: the number of clean epochs before it)
-    batch_size: int
-    lr: float
-    weight_decay: float
+class TrainConfig(Schedule):
     data: str
     mode: str
     seed: int = 0
