@@ -55,6 +55,22 @@ def test_without_git_the_commit_is_unknown_not_an_error(tmp_path, monkeypatch, f
     assert checkpoint.load(tmp_path / "m.safetensors").meta["versions"]["commit"] is None
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git program")
+def test_only_the_top_of_a_checkout_names_a_commit(tmp_path):
+    """A source tree unpacked inside someone else's repository records no commit (not theirs)."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", *args],
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    git("commit", "-q", "--allow-empty", "-m", "theirs")
+    theirs = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    (tmp_path / "unpacked").mkdir()
+    assert host.checkout_state(tmp_path) == (theirs, False)
+    assert host.checkout_state(tmp_path / "unpacked") == (None, None)
+
+
 def test_checkpoint_records_the_data_it_saw(tmp_path):
     meta = cli_json("train", *SYN, "--epochs", "1", "--out", tmp_path / "m.safetensors")
     assert meta["n_train"] == 64 and meta["n_test"] == 64 and meta["versions"]["commit"] == versions()["commit"]

@@ -61,12 +61,21 @@ def versions() -> dict[str, str | bool | None]:
 @functools.lru_cache(maxsize=1)
 def git_state() -> tuple[str | None, bool | None]:
     """(commit, uncommitted changes to tracked files) of the checkout this package runs from."""
-    root = Path(__file__).resolve().parents[1]
+    return checkout_state(Path(__file__).resolve().parents[2])
+
+
+def checkout_state(root: Path) -> tuple[str | None, bool | None]:
+    """(commit, dirty) when `root` is the top of a git checkout; (None, None) otherwise, also when
+    `root` merely lies inside another repository (a source tarball unpacked in someone's project
+    must not record that project's commit)."""
 
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
 
     try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != Path(root).resolve():
+            return None, None
         head = git("rev-parse", "--short=12", "HEAD")
         if head.returncode != 0:
             return None, None
