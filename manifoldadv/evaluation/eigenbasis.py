@@ -1,0 +1,107 @@
+"""The manifold's second approximation: each class's eigenspace, the span of the top-k
+eigenvectors of its covariance on the training split (Xiao et al., arXiv 2210.00430; their
+code keeps the top 100 on MNIST). Computed once per data set and k in float64 through the
+covariance op, and cached as a safetensors file keyed by the training split's digest and k."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from ..data import Split
+from ..errors import UsageError
+from ..runtime import console
+from ..runtime.outputs import atomic_write_bytes
+from .spectrum import accumulate
+
+DEFAULT_K = {"mnist": 100, "synthetic": 6}  # MNIST: the authors' code; synthetic: its manifold's rank
+FORMAT = "manifoldadv-eigenbasis"
+
+
+def split_digest(split: Split) -> str:
+    """What a basis was computed from: the first 16 hex digits of the SHA-256 of the split's
+    images (float32) and labels (int64)."""
+    h = hashlib.sha256()
+    h.update(split.x.detach().cpu().float().contiguous().numpy().tobytes())
+    h.update(split.y.detach().cpu().long().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EigenBasis:
+    dataset: str
+    digest: str  # of the training split (split_digest)
+    k: int
+    vectors: torch.Tensor  # [C, D, k] float64, orthonormal columns, by descending eigenvalue
+    values: torch.Tensor  # [C, k] float64, descending
+    counts: torch.Tensor  # [C] training examples per class
+
+    def project(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """U_y U_y^T v per example: the part of v inside its class's eigenspace (v: [N, ...])."""
+        u = self.vectors.to(v.device, v.dtype)[y]  # [N, D, k]
+        flat = v.reshape(len(v), -1)
+        return torch.einsum("ndk,nk->nd", u, torch.einsum("ndk,nd->nk", u, flat)).reshape(v.shape)
+
+    def orthogonal(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The part of v orthogonal to its class's eigenspace."""
+        return v - self.project(v, y)
+
+
+def compute(split: Split, num_classes: int, k: int, *, dataset: str, device="cpu") -> EigenBasis:
+    """The top-k eigenvectors of every class's covariance on `split` (float64)."""
+    dim = int(split.x[0].numel())
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= dim:
+        raise UsageError(f"the eigenspace size k must be a whole number from 1 to the dimension {dim}, got {k!r}")
+    counts = torch.bincount(split.y.cpu().long(), minlength=num_classes)
+    short = [c for c in range(num_classes) if int(counts[c]) <= k]
+    if short:  # fewer than k + 1 examples span at most k - 1 directions beyond their mean
+        c = short[0]
+        raise UsageError(f"class {c} has {int(counts[c])} training examples: a {k}-dimensional eigenspace needs "
+                         f"more than {k}; choose a smaller k")
+    counts, _, covs = accumulate(split, range(num_classes), device=device)
+    values, vectors = torch.linalg.eigh(covs.double().cpu())  # ascending
+    return EigenBasis(dataset, split_digest(split), k, vectors.flip(-1)[..., :k].contiguous(),
+                      values.flip(-1)[..., :k].contiguous(), counts.cpu())
+
+
+def save(path, basis: EigenBasis) -> None:
+    meta = {"format": FORMAT, "dataset": basis.dataset, "digest": basis.digest, "k": basis.k}
+    blob = st_save({"vectors": basis.vectors, "values": basis.values, "counts": basis.counts},
+                   metadata={"manifoldadv": json.dumps(meta)})
+    atomic_write_bytes(Path(path), blob)
+
+
+def load(path, *, dataset: str, digest: str, k: int) -> EigenBasis:
+    """A saved basis, refused (one line) unless it was made from this data set's training split
+    with this k."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {}).get("manifoldadv", "{}"))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise UsageError(f"{path} is not a readable eigenbasis ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+    if meta.get("format") != FORMAT or set(tensors) != {"vectors", "values", "counts"}:
+        raise UsageError(f"{path} is not a manifoldadv eigenbasis")
+    if (meta.get("dataset"), meta.get("digest"), meta.get("k")) != (dataset, digest, k):
+        raise UsageError(f"{path} is the eigenbasis of {meta.get('dataset')} (training split {meta.get('digest')}, "
+                         f"k {meta.get('k')}), not of {dataset} (training split {digest}, k {k})")
+    return EigenBasis(dataset, digest, k, tensors["vectors"], tensors["values"], tensors["counts"])
+
+
+def obtain(split: Split, num_classes: int, k: int, *, dataset: str, cache_dir, device="cpu") -> EigenBasis:
+    """The basis from `cache_dir` when it holds this split's, else computed and stored there."""
+    digest = split_digest(split)
+    path = Path(cache_dir) / f"{dataset}-eigenbasis-k{k}-{digest}.safetensors"
+    if path.exists():
+        return load(path, dataset=dataset, digest=digest, k=k)
+    console.log(f"computing the top-{k} eigenvectors of each class's covariance ({dataset}, {len(split)} examples)")
+    basis = compute(split, num_classes, k, dataset=dataset, device=device)
+    save(path, basis)
+    return basis
