@@ -485,6 +485,7 @@ API_CASES = [
     ApiCase("spec-eps-inf", lambda: make_spec("pgd", "mnist", eps=float("inf")), ValueError, "eps"),
     ApiCase("spec-step-size-negative", lambda: make_spec("pgd", "mnist", step_size=-1), ValueError, "step_size"),
     ApiCase("spec-steps-fraction", lambda: make_spec("pgd", "mnist", steps=2.5), ValueError, "steps"),
+    ApiCase("spec-steps-inf", lambda: make_spec("pgd", "mnist", steps=float("inf")), ValueError, "steps"),
     ApiCase("spec-steps-huge", lambda: make_spec("pgd", "mnist", steps=10**21), ValueError, "steps"),
     ApiCase("spec-restarts-zero", lambda: make_spec("l2", "mnist", restarts=0), ValueError, "restarts"),
     ApiCase("spec-name-none", lambda: make_spec(None, "mnist"), ValueError, "attack name"),

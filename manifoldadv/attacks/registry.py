@@ -6,6 +6,7 @@ rule about which options an attack takes lives here; the CLI's choices and the s
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass, replace
 
 from .pointwise import VERSION as POINTWISE_VERSION
@@ -181,16 +182,15 @@ MAX_STEPS = 100_000
 MAX_RESTARTS = 1_000
 
 
-def _number(name: str, attack: str, v, *, positive: bool = False) -> float:
-    import math
-
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise UsageError(f"attack {attack}: {name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+def _number(name: str, attack: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise UsageError(f"attack {attack}: {name} must be a finite number >= 0, got {v!r}")
     return float(v)
 
 
 def _count(name: str, attack: str, v, most: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or float(v) != int(v) or not 1 <= v <= most:
+    # the range first: it turns away nan and inf before int() could raise on them
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= most or v != int(v):
         raise UsageError(f"attack {attack}: {name} must be a whole number from 1 to {most}, got {v!r}")
     return int(v)
 
