@@ -61,7 +61,7 @@ def train(
     if attack_graphs:
         graphed.require(dev, cfg.kind)
     if cfg.kind.needs_cvae and cvae is None:
-        outputs.check_file(out.parent / training.cvae_config(cfg).checkpoint_path().name, "CVAE checkpoint")
+        outputs.check_file(training.default_cvae_path(cfg, out), "CVAE checkpoint")
     ds = load_data(data, run.data_root, run.limit, run.download)
     cfg, cvae_model = training.with_cvae(cfg, ds, device=dev, out=out, cvae=cvae)
     console.log(f"training {cfg.model} on {data} ({len(ds.train)} examples), mode {mode}, {cfg.epochs} epochs -> {out}")

@@ -53,7 +53,8 @@ class Study:
     audit: bool = True  # the audit of every trained model
     full_checks: bool | None = None  # AutoAttack and the audit on every test example (None: on CUDA)
     sync_bn: bool = False  # BatchNorm statistics over the whole batch with several processes
-    timings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # what this invocation spent, by step
+    step_seconds: dict = field(default_factory=dict)  # what the cached steps it used cost when made
     caches: dict = field(default_factory=dict)
     spectra_test: object = None
 

@@ -154,6 +154,11 @@ def cvae_config(cfg: TrainConfig) -> TrainConfig:
     return resolve_config(cfg.data, CVAE, seed=cfg.seed, limit=cfg.limit)
 
 
+def default_cvae_path(cfg: TrainConfig, out) -> Path:
+    """Where that CVAE lives: beside the run's checkpoint `out`, under the study's name for it."""
+    return cvae_config(cfg).checkpoint_path(Path(out).parent)
+
+
 def check_out(out, *, resume: bool, force: bool) -> Path:
     """The checkpoint path, refused before any work when it cannot be written or when it exists
     and neither --resume nor --force says what to do with it."""

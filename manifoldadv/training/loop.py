@@ -29,7 +29,7 @@ from ..data import Dataset, Split, loader
 from ..errors import CheckpointError, TrainingError, UsageError
 from ..evaluation import make_generator
 from ..runtime import accel, console, derive_seed, distributed, versions
-from .config import TrainConfig, check_out, cvae_config, mismatched
+from .config import TrainConfig, check_out, cvae_config, default_cvae_path, mismatched
 from .objectives import ClassifierObjective, CVAEObjective, Elbo
 
 
@@ -94,7 +94,7 @@ def with_cvae(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None) -> 
     without latent attacks: (cfg, None)."""
     if not cfg.kind.needs_cvae:
         return cfg, None
-    path = Path(cvae) if cvae is not None else Path(out).parent / cvae_config(cfg).kind.checkpoint_name(cfg.data)
+    path = Path(cvae) if cvae is not None else default_cvae_path(cfg, out)
     if cvae is None:
         if not path.exists():
             console.log(f"no --cvae given and {path} does not exist: training a CVAE first")
