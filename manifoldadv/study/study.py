@@ -174,11 +174,12 @@ class Study:
         from ..evaluation.audit import audit
 
         out, cache, test = {}, self.cache("audit"), self.checked(ds.test)
+        cvae_path = self.ensure_trained(CVAE, ds)
+        cvae_sha256 = checkpoint.digest(cvae_path)
         for mode in ALL_MODES:
             ck = self.ensure_trained(mode, ds)
-            cvae_path = self.ensure_trained(CVAE, ds)
             key = cache_key({"checkpoint": ck.name, "sha256": checkpoint.digest(ck),
-                             "cvae": checkpoint.digest(cvae_path), "n_test": len(test), "steps": self.eval_steps,
+                             "cvae": cvae_sha256, "n_test": len(test), "steps": self.eval_steps,
                              "seed": self.seed, "precision": self.precision})
             checks = cache.get(key)
             if checks is None:
