@@ -37,6 +37,7 @@ def pytest_collection_modifyitems(config, items):
 def _no_user_data_env(monkeypatch, tmp_path):
     # Tests never read the user's data cache or write into the working tree.
     monkeypatch.setenv("MANIFOLDADV_DATA", str(tmp_path / "data-root"))
+    monkeypatch.setenv("MANIFOLDADV_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MANIFOLDADV_DEBUG", raising=False)
     # Compilation takes seconds per model: on a GPU machine, where training would compile by
     # default, only the tests about compilation compile.

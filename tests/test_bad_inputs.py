@@ -124,6 +124,17 @@ class Case:
     patch: Callable | None = None  # (monkeypatch) -> None, before the command runs
 
 
+def mnist_basis(tmp, art):
+    """An eigenbasis file of MNIST (k 6, the synthetic set's default), for a synthetic run."""
+    from manifoldadv.evaluation import eigenbasis
+
+    q, _ = torch.linalg.qr(torch.randn(10, 784, 6, dtype=torch.float64))
+    basis = eigenbasis.EigenBasis("mnist", "0" * 16, 6, q, torch.ones(10, 6, dtype=torch.float64),
+                                  torch.full((10,), 100), torch.full((10,), 10.0, dtype=torch.float64))
+    eigenbasis.save(tmp / "mnist-basis.safetensors", basis)
+    return tmp / "mnist-basis.safetensors"
+
+
 def under_file(name, rest):
     return lambda tmp, art: (a_file(name)(tmp, art) / rest)
 
@@ -209,6 +220,21 @@ CASES = [
     # 13. bounded work
     Case("attack-steps-huge", "arguments", plain("attack", art_path("clf.safetensors"), "--attacks", "pgd", "--steps",
                                                  str(10**21), "--limit", "8", "--device", "cpu"), needles=("steps",)),
+    # 14. the class eigenspace: k above the dimension, a class with no more than k examples, a
+    # basis of another data set
+    Case("attack-eigen-k-above-dimension", "arguments",
+         plain("attack", art_path("clf.safetensors"), "--attacks", "eigen", "--k", "5000", *SYN[2:]),
+         needles=("5000", "dimension 784")),
+    Case("attack-eigen-class-too-small", "arguments",
+         plain("attack", art_path("clf.safetensors"), "--attacks", "eigen-off", "--k", "20", *SYN[2:]),
+         needles=("training examples", "more than 20")),
+    Case("train-eigen-class-too-small", "arguments", plain("train", *SYN, "--mode", "eigen", "--k", "20"),
+         needles=("training examples", "more than 20")),
+    Case("attack-eigen-basis-of-mnist", "consistency",
+         plain("attack", art_path("clf.safetensors"), "--attacks", "eigen", "--basis", mnist_basis, *SYN[2:]),
+         needles=("eigenbasis of mnist", "not of synthetic"), kept=("mnist-basis.safetensors",)),
+    Case("train-k-without-eigenspace", "arguments", plain("train", *SYN, "--mode", "pgd", "--k", "5"),
+         needles=("--k", "pgd")),
     # plain bad arguments of every command
     Case("attack-unknown-attack", "arguments", plain("attack", art_path("clf.safetensors"), "--attacks", "pgd,warp"),
          needles=("warp",)),

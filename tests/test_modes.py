@@ -33,7 +33,10 @@ def test_no_typer_enum_reaches_the_library():
 
 def test_registry_facts():
     assert [m for m in MODES if MODES[m].needs_cvae] == ["vae", "joint"]
-    assert [m for m in MODES if MODES[m].joint] == ["joint-lp", "joint"]
+    assert [m for m in MODES if MODES[m].joint] == ["joint-lp", "joint", "joint-eigen"]
+    assert [m for m in MODES if MODES[m].needs_basis] == ["eigen", "joint-eigen"]
+    # the eps ramp is for unrestricted attacks: eigen-adv has none, its joint mode has PGD's
+    assert not MODES["eigen"].regular and MODES["joint-eigen"].regular
     assert [m for m in MODES if MODES[m].generator] == ["cvae"]
     assert not MODES["std"].adversarial and MODES["fgsm"].clean_weight == 0.5
     assert MODES["vae"].adversarial and not MODES["vae"].regular and MODES["joint"].regular

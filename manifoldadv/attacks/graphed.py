@@ -31,7 +31,7 @@ LO, HI = 0.0, 1.0  # regular attacks work on images in [0, 1]
 
 def graphable(spec: AttackSpec) -> bool:
     k = spec.kind
-    return (k.space == "input" and not (k.identity or k.parts or k.external or k.gradient_free)
+    return (k.regular and not (k.parts or k.external or k.gradient_free)
             and spec.restarts == 1 and spec.steps >= 1)
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from . import external
+from . import eigen, external
 from .. import ops
 from ..errors import UsageError
 from ..runtime import distributed
@@ -108,26 +108,33 @@ def cross_entropy(model, y):
     return lambda inp: F.cross_entropy(model(inp), y, reduction="none")
 
 
-def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=None,
+def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=None, basis=None,
             generator: torch.Generator | None = None, record: dict | None = None, shard=None) -> torch.Tensor:
     """Adversarial images for (x, y) against `model` under `spec` (in [0, 1]).
+
+    cvae: the generator of the latent attacks; basis: the class eigenbasis of the eigenspace
+    attacks (evaluation.eigenbasis).
 
     shard: (offset, size) when (x, y) are rows of a larger batch spread over processes (the
     random starts are drawn for all `size` rows and sliced, distributed.py); training only.
 
     record: for a "worst of" composite, gets "first_correct", how many samples its first part
     alone left correctly classified (that attack's own count: one run gives both accuracies);
-    for a latent attack, "origin", the reconstructions G_y(I_y(x)) the perturbation starts from."""
+    for a latent attack, "origin", the reconstructions G_y(I_y(x)) the perturbation starts from;
+    for an eigenspace attack, what the box did (eigen.search)."""
     k = spec.kind
     if k.identity:
         return x
     with frozen(model, cvae):
         if k.parts:
-            return _worst_of(model, x, y, spec, cvae=cvae, generator=generator, record=record)
+            return _worst_of(model, x, y, spec, cvae=cvae, basis=basis, generator=generator, record=record)
         if k.external:
             return external.run(model, x, y, spec.name, spec.norm, spec.eps, generator=generator)
         if k.gradient_free:
             return pointwise(model, x, y, eps=spec.eps, generator=generator, restarts=spec.restarts)[0]
+        if k.subspace:
+            return eigen.search(model, x, y, spec, basis, maximize=maximize, generator=generator, shard=shard,
+                                record=record)
         if k.space == "input":
             return maximize(cross_entropy(model, y), x, spec, lo=0.0, hi=1.0, generator=generator,
                             fooled=lambda inp: model(inp).argmax(1) != y, shard=shard)
@@ -147,11 +154,11 @@ def _part(spec: AttackSpec, name: str) -> AttackSpec:
     return replace(spec, name=name)
 
 
-def _worst_of(model, x, y, spec: AttackSpec, *, cvae, generator, record):
+def _worst_of(model, x, y, spec: AttackSpec, *, cvae, basis, generator, record):
     if spec.parts:
-        return _worst_of_all(model, x, y, spec.parts, cvae=cvae, generator=generator, record=record)
+        return _worst_of_all(model, x, y, spec.parts, cvae=cvae, basis=basis, generator=generator)
     parts = [_part(spec, name) for name in spec.kind.parts]
-    x_adv = perturb(model, x, y, parts[0], cvae=cvae, generator=generator)
+    x_adv = perturb(model, x, y, parts[0], cvae=cvae, basis=basis, generator=generator)
     for i, part in enumerate(parts[1:]):
         with torch.no_grad():
             left = (model(x_adv).argmax(1) == y).nonzero().squeeze(1)
@@ -162,7 +169,7 @@ def _worst_of(model, x, y, spec: AttackSpec, *, cvae, generator, record):
         # the generator goes back to where the first part left it, so that the next batch's first
         # part is exactly that attack run alone and the composite fools a superset of it
         state = generator.get_state() if generator is not None else None
-        x_part = perturb(model, x[left], y[left], part, cvae=cvae, generator=generator)
+        x_part = perturb(model, x[left], y[left], part, cvae=cvae, basis=basis, generator=generator)
         if state is not None:
             generator.set_state(state)
         with torch.no_grad():
@@ -171,7 +178,7 @@ def _worst_of(model, x, y, spec: AttackSpec, *, cvae, generator, record):
     return x_adv
 
 
-def _worst_of_all(model, x, y, parts, *, cvae, generator, record):
+def _worst_of_all(model, x, y, parts, *, cvae, basis, generator):
     """worst:A,B,...: every part runs on the whole batch from the batch's generator as it is (a
     copy each), so each part does exactly what it does alone and the worst case is exactly the
     union of their successes."""
@@ -179,7 +186,7 @@ def _worst_of_all(model, x, y, parts, *, cvae, generator, record):
     x_adv = x.clone()
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for part, gen in zip(parts, gens):
-        x_part = perturb(model, x, y, part, cvae=cvae, generator=gen)
+        x_part = perturb(model, x, y, part, cvae=cvae, basis=basis, generator=gen)
         with torch.no_grad():
             fooled = (model(x_part).argmax(1) != y) & robust
         x_adv[fooled], robust = x_part[fooled], robust & ~fooled

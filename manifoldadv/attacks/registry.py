@@ -17,7 +17,9 @@ from ..errors import UsageError
 class AttackKind:
     """What kind of attack a name is: the one place each rule about attacks lives.
 
-    space: "input" (regular: pixels in [0, 1]) or "latent" (a CVAE's latent, no box).
+    space: "input" (pixels in [0, 1]) or "latent" (a CVAE's latent, no box).
+    subspace: an input-space attack whose perturbation lies in its example's class eigenspace
+      span(U_y) ("on", on-manifold) or is orthogonal to it ("off"); eigen.py. "": unrestricted.
     one_step: a single step of size eps from x0, no random start (FGSM, the latent FGSM): steps,
       step size and restarts do not apply. gradient_free: needs no gradient (restarts, no steps).
     parts: a "worst of" composite: each part runs on what the parts before it left robust, and an
@@ -31,6 +33,7 @@ class AttackKind:
     name: str
     norm: str
     space: str = "input"
+    subspace: str = ""
     one_step: bool = False
     gradient_free: bool = False
     restarts: int = 1
@@ -38,6 +41,19 @@ class AttackKind:
     first_reported_as: str | None = None
     identity: bool = False
     external: bool = False
+
+    @property
+    def budget(self) -> str:
+        """Which eps option sets its budget: the norm's, "latent", or "eigen" (the l2 eigenspace
+        attacks, on and off the manifold at the same budget)."""
+        if self.space == "latent":
+            return "latent"
+        return "eigen" if self.subspace and self.norm == "l2" else self.norm
+
+    @property
+    def regular(self) -> bool:
+        """A regular attack: unrestricted in input space (off the manifold by default)."""
+        return self.space == "input" and not (self.subspace or self.identity)
 
     @property
     def iterative(self) -> bool:
@@ -59,6 +75,9 @@ KINDS: dict[str, AttackKind] = {k.name: k for k in (
     AttackKind("vae", "linf", space="latent", one_step=True),
     AttackKind("vae-pgd", "linf", space="latent"),
     AttackKind("vae-l2", "l2", space="latent"),
+    AttackKind("eigen", "l2", subspace="on"),
+    AttackKind("eigen-off", "linf", subspace="off"),
+    AttackKind("eigen-off-l2", "l2", subspace="off"),
     AttackKind("autoattack", "linf", external=True),
     AttackKind("autoattack-l2", "l2", external=True),
     AttackKind("autoattack-l1", "l1", external=True),
@@ -67,8 +86,9 @@ KINDS: dict[str, AttackKind] = {k.name: k for k in (
     AttackKind("square", "linf", external=True),
 )}
 WORST = "worst:"  # worst:A,B,... is the per-example worst case of attacks A, B, ...
-REGULAR = tuple(n for n, k in KINDS.items() if k.space == "input" and not k.identity)
+REGULAR = tuple(n for n, k in KINDS.items() if k.regular)
 LATENT = tuple(n for n, k in KINDS.items() if k.space == "latent")
+EIGEN = tuple(n for n, k in KINDS.items() if k.subspace)
 ATTACKS = tuple(KINDS)
 NORM_OF = {n: k.norm for n, k in KINDS.items() if not k.identity}
 
@@ -96,14 +116,25 @@ def _worst_kind(name: str) -> AttackKind:
                          f"(not clean or another composite){'; not ' + ', '.join(bad) if bad else ''}")
     norms = {KINDS[p].norm for p in parts}
     latent = any(KINDS[p].space == "latent" for p in parts)
-    return AttackKind(name, norms.pop() if len(norms) == 1 else "mixed", "latent" if latent else "input", parts=parts)
+    subspaces = {KINDS[p].subspace for p in parts}
+    return AttackKind(name, norms.pop() if len(norms) == 1 else "mixed", "latent" if latent else "input",
+                      subspace=subspaces.pop() if len(subspaces) == 1 else "mixed", parts=parts)
 
 
-def eps_option(name: str, *, linf=None, l2=None, l1=None, latent=None):
-    """Which of the per-norm eps options (None: the data set's default) sets attack `name`'s budget."""
-    if kind(name).space == "latent":
-        return latent
-    return {"linf": linf, "l2": l2, "l1": l1}.get(NORM_OF.get(name))
+def needs(name: str) -> set[str]:
+    """What an attack needs besides the model: "cvae" (a latent attack), "basis" (an eigenspace one)."""
+    k = kind(name)
+    parts = [KINDS[p] for p in k.parts] if k.parts else [k]
+    return {"cvae" for p in parts if p.space == "latent"} | {"basis" for p in parts if p.subspace}
+
+
+BUDGETS = ("linf", "l2", "l1", "latent", "eigen")
+
+
+def eps_option(name: str, **budgets):
+    """Which of the eps options {linf, l2, l1, latent, eigen} (None: the data set's default) sets
+    attack `name`'s budget."""
+    return budgets.get(kind(name).budget)
 
 
 def _uses_pointwise(name: str) -> bool:
@@ -134,6 +165,8 @@ class AttackSpec:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["space"] = self.space
+        if self.kind.subspace:
+            d["subspace"] = self.kind.subspace
         d.pop("parts")
         if self.parts:
             d["parts"] = [p.as_dict() for p in self.parts]
@@ -166,6 +199,7 @@ def describe(spec: dict, *, step_size: bool = False) -> str:
         what = "the standard version" if name.startswith("autoattack") else "AutoAttack's settings"
         return f"{name} ({spec['norm']} eps {spec['eps']:g}, {what})"
     budget = f"{'latent ' if spec.get('space') == 'latent' else ''}{spec['norm']} eps {spec['eps']:g}"
+    budget += {"on": " in the class eigenspace", "off": " orthogonal to the class eigenspace"}.get(k.subspace, "")
     if k.gradient_free:  # restarts, no steps
         return f"{name} ({budget}, gradient-free, {spec['restarts']} restarts)"
     steps = f"{spec['steps']} step{'' if spec['steps'] == 1 else 's'}"
@@ -221,10 +255,9 @@ def make_spec(name: str, dataset: str, *, train: bool = False, eps: float | None
         raise UsageError(f"attack {name} takes {why}: {', '.join(given)} do{'es' if len(given) == 1 else ''} not apply")
     restarts = _count("restarts", name, k.restarts if restarts is None else restarts, MAX_RESTARTS)
     d = defaults(dataset)
-    if k.space == "latent":
-        eps = d.latent_eps if eps is None else eps
-    else:
-        eps = (d.train_eps if train else d.test_eps)[k.norm] if eps is None else eps
+    if eps is None:
+        by_budget = {"latent": d.latent_eps, "eigen": d.eigen.eps}
+        eps = by_budget[k.budget] if k.budget in by_budget else (d.train_eps if train else d.test_eps)[k.norm]
     eps = _number("eps", name, eps)
     if k.one_step:
         return AttackSpec(name, k.norm, float(eps), 1, float(eps), False, 1)
@@ -232,17 +265,20 @@ def make_spec(name: str, dataset: str, *, train: bool = False, eps: float | None
         return AttackSpec(name, k.norm, float(eps), 0, 0.0, False, 1)
     if k.gradient_free:
         return AttackSpec(name, k.norm, float(eps), 0, 0.0, False, int(restarts))
-    steps = _count("steps", name, (d.latent_steps if k.space == "latent" else d.steps) if steps is None else steps,
-                   MAX_STEPS)
-    step_size = default_step_size(eps, steps) if step_size is None else _number("step_size", name, step_size)
+    if steps is None:
+        steps = {"latent": d.latent_steps, "eigen": d.eigen.steps}.get(k.budget, d.steps)
+    steps = _count("steps", name, steps, MAX_STEPS)
+    if step_size is None:
+        step_size = d.eigen.step_ratio * eps if k.budget == "eigen" else default_step_size(eps, steps)
+    step_size = _number("step_size", name, step_size)
     rs = True if random_start is None else random_start
     return AttackSpec(name, k.norm, float(eps), int(steps), float(step_size), rs, int(restarts))
 
 
 def spec_for(name: str, dataset: str, *, budgets: dict | None = None, steps=None, step_size=None, restarts=None,
              **kw) -> AttackSpec:
-    """make_spec with a run's options: the eps of the attack's norm from `budgets` ({"linf", "l2",
-    "l1", "latent"}: None or missing is the default), and steps, step size and restarts for the
+    """make_spec with a run's options: the eps of the attack's budget from `budgets` (BUDGETS:
+    None or missing is the default), and steps, step size and restarts for the
     iterative attacks (FGSM, the latent FGSM, pointwise's steps, AutoAttack get their own). A
     worst:... composite applies them to each of its parts."""
     k = kind(name)

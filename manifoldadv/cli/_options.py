@@ -65,6 +65,16 @@ FullChecks = Annotated[Optional[bool], typer.Option(
     "--full-checks/--subset-checks",
     help="AutoAttack and the audit on every test example, or on the first 1000 (the same ones for every model; "
          "the report says how many). Default: every example on CUDA, the subset on CPU; quick runs use a small subset.")]
+EigenK = Annotated[Optional[int], typer.Option(
+    "--k", min=1, help="Eigenspace attacks: each class's top-k covariance eigenvectors span its manifold "
+                       "(default: the data set's, 100 on MNIST).")]
+EigenEps = Annotated[Optional[float], typer.Option(
+    "--eigen-eps", min=0.0, help="l2 budget of eigen and eigen-off-l2, on and off the manifold at the same norm "
+                                 "(default: the data set's, 1 on MNIST).")]
+BasisFile = Annotated[Optional[Path], typer.Option(
+    "--basis", dir_okay=False, help="Eigenbasis file: read when it exists (it must be of this training split and "
+                                    "k), else computed and written there (default: a cache under $MANIFOLDADV_CACHE "
+                                    "or ~/.cache/manifoldadv).")]
 SyncBN = Annotated[bool, typer.Option("--sync-bn", help="With several processes (torchrun), BatchNorm statistics over the whole batch rather than each process's part.")]
 
 # ------------------------------------------------------------------ options every command shares

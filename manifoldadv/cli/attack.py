@@ -11,13 +11,13 @@ from rich.table import Table
 
 from ..runtime import accel, console
 from .. import checkpoint
-from ..attacks import ATTACKS, WORST, describe, kind, spec_for, worst_name
+from ..attacks import ATTACKS, WORST, describe, needs, spec_for, worst_name
 from ..config import defaults
 from ..errors import UsageError
 from ..evaluation import attack_accuracy
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Checkpoints, Run, shared
-from .common import checkpoints_dataset, dataset as load_data, load_cvae
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Checkpoints, EigenEps, EigenK, Run, shared
+from .common import checkpoints_dataset, dataset as load_data, eigenbasis, load_cvae
 
 
 def parse_attacks(text: str) -> list[str]:
@@ -31,7 +31,7 @@ def parse_attacks(text: str) -> list[str]:
         names[at:] = [worst_name([names[at][len(WORST):], *names[at + 1:]])]
     names = [worst_name(n[len(WORST):].split("+")) if n.startswith(WORST) else n for n in names]
     for name in names:
-        kind(name)
+        needs(name)  # an unknown name is refused here
     return list(dict.fromkeys(names))
 
 
@@ -39,9 +39,8 @@ def column_label(meta: dict, path: Path) -> str:
     return meta.get("mode") or path.stem
 
 
-def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None, eps=None, l1_eps=None,
-               l2_eps=None, latent_eps=None, steps=None, step_size=None, restarts=None, batch_size=None, seed=0,
-               precision="fp32", compile=None):
+def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None, basis=None, budgets=None,
+               steps=None, step_size=None, restarts=None, batch_size=None, seed=0, precision="fp32", compile=None):
     """Evaluate every checkpoint under every attack; returns the JSON rows."""
     bs = batch_size or defaults(ds.name).eval_batch_size
     compiled = accel.resolve_compile(compile, dev, "eval")
@@ -50,16 +49,17 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
         model, meta = checkpoint.load_model(path, kind="classifier", device=dev, dataset=ds.name)
         model = accel.prepare(model, precision=precision, compile=compiled, device=dev)
         for name in attack_names:
-            spec = spec_for(name, ds.name, restarts=restarts, steps=steps, step_size=step_size,
-                            budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps})
+            spec = spec_for(name, ds.name, restarts=restarts, steps=steps, step_size=step_size, budgets=budgets)
             with console.doing(f"while attacking {path} with {name}", "attack writes nothing"):
-                res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, seed=seed,
-                                      label=f"{column_label(meta, Path(path))} / {name}")
+                res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, basis=basis,
+                                      seed=seed, label=f"{column_label(meta, Path(path))} / {name}")
             # the same row as `reproduce` keeps for each evaluation
             row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name, **spec.as_dict(), **res,
                    **accel.record(precision, compiled)}
-            if spec.space == "latent":
+            if "cvae" in needs(name):
                 row["cvae"] = str(cvae_path)
+            if "basis" in needs(name):
+                row["eigenbasis"] = basis.describe()
             rows.append(row)
             console.log(f"{path}: {name} accuracy {res['accuracy']:.2%}")
     return rows
@@ -81,6 +81,8 @@ def render(rows, paths) -> Table:
             cell = f"{r['accuracy']:.2%}"
             if "recon_accuracy" in r:
                 cell += f" (recon {r['recon_accuracy']:.1%})"
+            if "subspace_share" in r:
+                cell += f" (in subspace {r['subspace_share']:.1%})"
             cells.append(cell)
         spec = next(r for r in rows if r["attack"] == name)
         table.add_row(describe(spec), *cells)
@@ -97,10 +99,13 @@ def attack(
     l1_eps: Annotated[Optional[float], typer.Option("--l1-eps", min=0.0)] = None,
     l2_eps: Annotated[Optional[float], typer.Option("--l2-eps", min=0.0)] = None,
     latent_eps: Annotated[Optional[float], typer.Option("--latent-eps", min=0.0)] = None,
+    eigen_eps: EigenEps = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps of the iterative attacks.")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0, help="Step of the iterative attacks (default 2.5 eps / steps).")] = None,
     restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts of the iterative attacks and pointwise; the worst case per example is kept (default 1; pointwise: 5). One-step attacks (fgsm, vae) take none.")] = None,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE checkpoint for the vae attacks.")] = None,
+    k: EigenK = None,
+    basis: BasisFile = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     worst: Annotated[bool, typer.Option("--worst", help="Add the per-example worst case of the listed attacks (an example counts as robust only if every attack failed); worst:A,B,... in --attacks names one directly.")] = False,
 ) -> None:
@@ -113,15 +118,19 @@ def attack(
             raise UsageError("--worst needs at least two attacks besides clean in --attacks")
         names.append(worst_name(parts))
     data_name, metas = checkpoints_dataset(checkpoints)
-    cvae_model = None
-    if any(kind(n).space == "latent" for n in names):
+    needed = set().union(*(needs(n) for n in names))
+    cvae_model = basis_model = None
+    if "cvae" in needed:
         if cvae is None:
             raise UsageError("the vae attacks need --cvae CVAE.safetensors (train one with --mode cvae)")
         cvae_model, _ = load_cvae(cvae, dev, data_name)
     ds = load_data(data_name, run.data_root, run.limit, run.download)
-    rows = run_matrix(checkpoints, names, ds, dev, cvae_model=cvae_model, cvae_path=cvae, eps=eps, l1_eps=l1_eps,
-                      l2_eps=l2_eps, latent_eps=latent_eps, steps=steps, step_size=step_size, restarts=restarts,
-                      batch_size=batch_size, seed=run.seed, precision=run.precision, compile=run.compile)
+    if "basis" in needed:
+        basis_model = eigenbasis(ds, k, basis, dev)
+    budgets = {"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps, "eigen": eigen_eps}
+    rows = run_matrix(checkpoints, names, ds, dev, cvae_model=cvae_model, cvae_path=cvae, basis=basis_model,
+                      budgets=budgets, steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size,
+                      seed=run.seed, precision=run.precision, compile=run.compile)
     if run.json_out:
         console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": run.seed, "results": rows})
         return

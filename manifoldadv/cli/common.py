@@ -21,6 +21,20 @@ def load_cvae(path: Path, device, dataset_name: str | None = None):
     return model, meta
 
 
+def eigenbasis(ds, k: int | None, path: Path | None, device):
+    """The class eigenbasis of `ds`'s training split (k: the data set's default when None)."""
+    from ..config import defaults
+    from ..evaluation import eigenbasis as eb
+
+    k = defaults(ds.name).eigen.k if k is None else k
+    if path is not None:
+        from ..runtime import outputs
+
+        if not Path(path).exists():
+            outputs.check_file(path, "eigenbasis")
+    return eb.obtain(ds.train, ds.num_classes, k, dataset=ds.name, path=path, device=device)
+
+
 def checkpoints_dataset(paths) -> tuple[str, list[dict]]:
     """(the data set, each checkpoint's metadata) of classifier checkpoints that must share one."""
     from ..errors import UsageError

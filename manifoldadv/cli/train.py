@@ -11,8 +11,8 @@ from .. import training
 from ..attacks import graphed
 from ..runtime import console, outputs
 from ._app import app
-from ._options import (DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, Mode, ModeName, Run, Strategy, StrategyName, SyncBN,
-                       shared)
+from ._options import (DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Data, DataName, EigenEps, EigenK, Mode, ModeName, Run,
+                       Strategy, StrategyName, SyncBN, shared)
 from .common import dataset as load_data
 
 
@@ -32,6 +32,9 @@ def train(
     l1_eps: Annotated[Optional[float], typer.Option("--l1-eps", min=0.0)] = None,
     l2_eps: Annotated[Optional[float], typer.Option("--l2-eps", min=0.0)] = None,
     latent_eps: Annotated[Optional[float], typer.Option("--latent-eps", min=0.0, help="Latent FGSM budget (vae, joint).")] = None,
+    eigen_eps: EigenEps = None,
+    k: EigenK = None,
+    basis: BasisFile = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="PGD steps of the regular training attacks.")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0, help="PGD step (default 2.5*eps/steps).")] = None,
     strategy: Strategy = StrategyName.avg,
@@ -53,9 +56,9 @@ def train(
     dev = run.start()
     cfg = training.resolve_config(
         data, mode, model=model, epochs=epochs, adv_start=adv_start, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps}, steps=steps,
+        weight_decay=weight_decay, budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps, "eigen": eigen_eps}, steps=steps,
         step_size=step_size, strategy=strategy, clean_weight=clean_weight, eps_warmup=eps_warmup,
-        augment=augment, latent=latent, seed=run.seed, limit=run.limit, precision=run.precision,
+        augment=augment, latent=latent, seed=run.seed, limit=run.limit, precision=run.precision, eigen_k=k,
     )
     out = training.check_out(out or cfg.checkpoint_path(), resume=resume, force=force)  # before any work
     if attack_graphs:
@@ -64,8 +67,10 @@ def train(
         outputs.check_file(training.default_cvae_path(cfg, out), "CVAE checkpoint")
     ds = load_data(data, run.data_root, run.limit, run.download)
     cfg, cvae_model = training.with_cvae(cfg, ds, device=dev, out=out, cvae=cvae)
+    cfg, basis_model = training.with_basis(cfg, ds, out=out, path=basis, device=dev)
     console.log(f"training {cfg.model} on {data} ({len(ds.train)} examples), mode {mode}, {cfg.epochs} epochs -> {out}")
-    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, compile=run.compile,
+    meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, basis=basis_model,
+                          compile=run.compile,
                           sync_bn=sync_bn, attack_graphs=attack_graphs)
     summary = {"checkpoint": str(out), **{k: v for k, v in meta.items() if k not in ("optimizer",)}}
     if run.json_out:

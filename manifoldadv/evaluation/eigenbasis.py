@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,8 +21,7 @@ from ..runtime import console
 from ..runtime.outputs import atomic_write_bytes
 from .spectrum import accumulate
 
-DEFAULT_K = {"mnist": 100, "synthetic": 6}  # MNIST: the authors' code; synthetic: its manifold's rank
-FORMAT = "manifoldadv-eigenbasis"
+FORMAT = "manifoldadv-eigenbasis-2"  # 2: with each class's total variance
 
 
 def split_digest(split: Split) -> str:
@@ -41,6 +41,26 @@ class EigenBasis:
     vectors: torch.Tensor  # [C, D, k] float64, orthonormal columns, by descending eigenvalue
     values: torch.Tensor  # [C, k] float64, descending
     counts: torch.Tensor  # [C] training examples per class
+    totals: torch.Tensor  # [C] float64, each class's total variance (the covariance's trace)
+    _placed: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def explained(self) -> torch.Tensor:
+        """[C]: the share of each class's variance its top k directions hold."""
+        return self.values.sum(1) / self.totals.clamp_min(1e-300)
+
+    def placed(self, device, dtype) -> torch.Tensor:
+        """The vectors on `device` in `dtype`, converted once."""
+        key = (str(device), dtype)
+        if key not in self._placed:
+            self._placed[key] = self.vectors.to(device, dtype).contiguous()
+        return self._placed[key]
+
+    def describe(self) -> dict:
+        """What a result records of the basis it used."""
+        return {"dataset": self.dataset, "digest": self.digest, "k": self.k,
+                "explained_min": round(float(self.explained.min()), 4),
+                "explained_mean": round(float(self.explained.mean()), 4)}
 
     def project(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """U_y U_y^T v per example: the part of v inside its class's eigenspace (v: [N, ...])."""
@@ -53,8 +73,8 @@ class EigenBasis:
         return v - self.project(v, y)
 
 
-def compute(split: Split, num_classes: int, k: int, *, dataset: str, device="cpu") -> EigenBasis:
-    """The top-k eigenvectors of every class's covariance on `split` (float64)."""
+def check(split: Split, num_classes: int, k: int) -> None:
+    """k fits the data: at most its dimension, and every class has more than k examples."""
     dim = int(split.x[0].numel())
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= dim:
         raise UsageError(f"the eigenspace size k must be a whole number from 1 to the dimension {dim}, got {k!r}")
@@ -64,15 +84,22 @@ def compute(split: Split, num_classes: int, k: int, *, dataset: str, device="cpu
         c = short[0]
         raise UsageError(f"class {c} has {int(counts[c])} training examples: a {k}-dimensional eigenspace needs "
                          f"more than {k}; choose a smaller k")
+
+
+def compute(split: Split, num_classes: int, k: int, *, dataset: str, device="cpu") -> EigenBasis:
+    """The top-k eigenvectors of every class's covariance on `split` (float64)."""
+    check(split, num_classes, k)
     counts, _, covs = accumulate(split, range(num_classes), device=device)
-    values, vectors = torch.linalg.eigh(covs.double().cpu())  # ascending
+    covs = covs.double().cpu()
+    values, vectors = torch.linalg.eigh(covs)  # ascending
     return EigenBasis(dataset, split_digest(split), k, vectors.flip(-1)[..., :k].contiguous(),
-                      values.flip(-1)[..., :k].contiguous(), counts.cpu())
+                      values.flip(-1)[..., :k].contiguous(), counts.cpu(), torch.diagonal(covs, dim1=-2, dim2=-1).sum(-1))
 
 
 def save(path, basis: EigenBasis) -> None:
     meta = {"format": FORMAT, "dataset": basis.dataset, "digest": basis.digest, "k": basis.k}
-    blob = st_save({"vectors": basis.vectors, "values": basis.values, "counts": basis.counts},
+    tensors = {"vectors": basis.vectors, "values": basis.values, "counts": basis.counts, "totals": basis.totals}
+    blob = st_save({name: t.contiguous() for name, t in tensors.items()},
                    metadata={"manifoldadv": json.dumps(meta)})
     atomic_write_bytes(Path(path), blob)
 
@@ -87,20 +114,33 @@ def load(path, *, dataset: str, digest: str, k: int) -> EigenBasis:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as exc:  # safetensors raises its own error types
         raise UsageError(f"{path} is not a readable eigenbasis ({str(exc).splitlines()[0] if str(exc) else exc})") from None
-    if meta.get("format") != FORMAT or set(tensors) != {"vectors", "values", "counts"}:
+    if meta.get("format") != FORMAT or set(tensors) != {"vectors", "values", "counts", "totals"}:
         raise UsageError(f"{path} is not a manifoldadv eigenbasis")
     if (meta.get("dataset"), meta.get("digest"), meta.get("k")) != (dataset, digest, k):
         raise UsageError(f"{path} is the eigenbasis of {meta.get('dataset')} (training split {meta.get('digest')}, "
                          f"k {meta.get('k')}), not of {dataset} (training split {digest}, k {k})")
-    return EigenBasis(dataset, digest, k, tensors["vectors"], tensors["values"], tensors["counts"])
+    return EigenBasis(dataset, digest, k, tensors["vectors"], tensors["values"], tensors["counts"], tensors["totals"])
 
 
-def obtain(split: Split, num_classes: int, k: int, *, dataset: str, cache_dir, device="cpu") -> EigenBasis:
-    """The basis from `cache_dir` when it holds this split's, else computed and stored there."""
+CACHE_ENV = "MANIFOLDADV_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where bases are kept by default: $MANIFOLDADV_CACHE, else ~/.cache/manifoldadv."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "manifoldadv").expanduser() / "eigenbasis"
+
+
+def obtain(split: Split, num_classes: int, k: int, *, dataset: str, cache_dir=None, path=None,
+           device="cpu") -> EigenBasis:
+    """The basis of this split and k: read from `path` (or, without one, from `cache_dir`, by
+    default `cache_dir()`) when it is there, else computed and written there."""
     digest = split_digest(split)
-    path = Path(cache_dir) / f"{dataset}-eigenbasis-k{k}-{digest}.safetensors"
+    if path is None:
+        path = Path(cache_dir or globals()["cache_dir"]()) / f"{dataset}-eigenbasis-k{k}-{digest}.safetensors"
+    path = Path(path)
     if path.exists():
         return load(path, dataset=dataset, digest=digest, k=k)
+    check(split, num_classes, k)
     console.log(f"computing the top-{k} eigenvectors of each class's covariance ({dataset}, {len(split)} examples)")
     basis = compute(split, num_classes, k, dataset=dataset, device=device)
     save(path, basis)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import models
-from ..attacks import AttackSpec, spec_for
+from ..attacks import KINDS, AttackSpec, spec_for
 from ..config import Schedule, defaults
 from ..errors import UsageError
 from ..runtime import accel, outputs
@@ -18,7 +18,8 @@ from .modes import CVAE, ModeKind, mode as mode_kind
 
 # what a checkpoint must have been trained with to be resumed or reused (the CVAE by content)
 IDENTITY = ("data", "mode", "model", "epochs", "adv_start", "batch_size", "lr", "weight_decay", "seed", "limit",
-            "augment", "strategy", "clean_weight", "eps_warmup", "attacks", "model_kwargs", "precision", "cvae_sha256")
+            "augment", "strategy", "clean_weight", "eps_warmup", "attacks", "model_kwargs", "precision", "cvae_sha256",
+            "eigen_k", "basis_digest")
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,15 @@ class TrainConfig(Schedule):
     cvae: str | None = None
     precision: str = "fp32"  # of the classifier's forwards (accel.py)
     cvae_sha256: str | None = None  # checkpoint.digest of the CVAE the latent attacks use
+    eigen_k: int | None = None  # the eigenspace attacks' k (modes that need the class eigenbasis)
+    basis_digest: str | None = None  # eigenbasis.split_digest of the split the basis came from
 
     @property
     def kind(self) -> ModeKind:
         return mode_kind(self.mode)
 
     def specs(self) -> list[AttackSpec]:
-        return [AttackSpec(**{k: v for k, v in a.items() if k != "space"}) for a in self.attacks]
+        return [AttackSpec(**{k: v for k, v in a.items() if k not in ("space", "subspace")}) for a in self.attacks]
 
     def checkpoint_path(self, run_dir: str | Path = "runs") -> Path:
         return Path(run_dir) / self.kind.checkpoint_name(self.data, self.strategy)
@@ -56,6 +59,9 @@ class TrainConfig(Schedule):
 
     def with_cvae(self, path: str | Path, sha256: str) -> "TrainConfig":
         return replace(self, cvae=str(path), cvae_sha256=sha256)
+
+    def with_basis(self, basis) -> "TrainConfig":
+        return replace(self, eigen_k=basis.k, basis_digest=basis.digest)
 
 
 def mismatched(old_hparams: dict, cfg: TrainConfig) -> list[str]:
@@ -86,11 +92,12 @@ def resolve_config(
     limit: int | None = None,
     cvae: str | None = None,
     precision: str = "fp32",
+    eigen_k: int | None = None,
 ) -> TrainConfig:
     """The paper's defaults for (data, mode), with every given override applied.
 
-    budgets: the attacks' eps by norm, {"linf", "l2", "l1", "latent"} (a missing or None one:
-    the data set's default)."""
+    budgets: the attacks' eps by budget (attacks.BUDGETS: a missing or None one, the data set's
+    default). eigen_k: the eigenspace of a mode that needs one (default: the data set's)."""
     precision = accel.check_precision(precision)
     m = mode_kind(mode)
     if m.generator and precision != "fp32":
@@ -114,7 +121,9 @@ def resolve_config(
     model = _given(model, d.model)
     if models.spec(model).kind != "classifier":
         raise UsageError(f"mode {m.name} trains a classifier; {model!r} is a {models.spec(model).kind}")
-    specs = [spec_for(name, data, train=True, budgets=budgets, steps=steps, step_size=step_size).as_dict()
+    # --steps and --step-size set the regular attacks' (PGD's); the others keep their own schedules
+    specs = [spec_for(name, data, train=True, budgets=budgets, **({"steps": steps, "step_size": step_size}
+                                                                   if KINDS[name].regular else {})).as_dict()
              for name in m.attacks]
     clean_weight = m.clean_weight if clean_weight is None else clean_weight
     if not 0.0 <= clean_weight < 1.0:
@@ -139,13 +148,17 @@ def resolve_config(
     elif m.regular and eps_warmup > adversarial_epochs:
         raise UsageError(f"--eps-warmup {eps_warmup} is longer than the {adversarial_epochs} adversarial epoch"
                          f"{'s' if adversarial_epochs != 1 else ''}: eps would never reach its target")
+    if eigen_k is not None and not m.needs_basis:
+        raise UsageError(f"--k sizes the class eigenspace of the eigenspace attacks; mode {m.name} has none")
+    if eigen_k is not None and (isinstance(eigen_k, bool) or not isinstance(eigen_k, int) or eigen_k < 1):
+        raise UsageError(f"--k must be a whole number >= 1, got {eigen_k!r}")
     return TrainConfig(
         data=data, mode=m.name, model=model, epochs=epochs, adv_start=adv_start,
         batch_size=_given(batch_size, d.batch_size), lr=_given(lr, d.lr),
         weight_decay=_given(weight_decay, d.weight_decay),
         seed=seed, limit=limit, augment=d.augment if augment is None else augment,
         strategy=strategy, clean_weight=clean_weight, eps_warmup=eps_warmup, attacks=specs, cvae=cvae,
-        precision=precision,
+        precision=precision, eigen_k=(d.eigen.k if eigen_k is None else eigen_k) if m.needs_basis else None,
     )
 
 

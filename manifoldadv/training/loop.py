@@ -69,8 +69,8 @@ def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, histo
     return meta
 
 
-def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None, compile: bool | None = None,
-                   sync_bn: bool = False) -> bool:
+def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None, basis=None,
+                   compile: bool | None = None, sync_bn: bool = False) -> bool:
     """`out` trained per `cfg`: kept when complete with these settings, resumed when half-trained,
     trained when missing; a checkpoint made with other settings is refused. True if it trained."""
     out = Path(out)
@@ -83,7 +83,8 @@ def ensure_trained(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None
         if meta.get("complete"):
             return False
     console.log(f"training {cfg.mode} ({cfg.model}, {len(dataset.train)} examples) -> {out}")
-    train(cfg, dataset, device=device, out=out, resume=out.exists(), cvae=cvae, compile=compile, sync_bn=sync_bn)
+    train(cfg, dataset, device=device, out=out, resume=out.exists(), cvae=cvae, basis=basis, compile=compile,
+          sync_bn=sync_bn)
     return True
 
 
@@ -105,8 +106,22 @@ def with_cvae(cfg: TrainConfig, dataset: Dataset, *, device, out, cvae=None) -> 
     return cfg.with_cvae(path, checkpoint.digest(path)), model
 
 
+def with_basis(cfg: TrainConfig, dataset: Dataset, *, out, path=None, device="cpu") -> tuple[TrainConfig, object]:
+    """(cfg with its eigenbasis recorded, the basis) for a mode whose attacks need one: read from
+    `path`, or from beside `out`, when it is this training split's with cfg's k, else computed
+    and written there. A mode without eigenspace attacks: (cfg, None)."""
+    if not cfg.kind.needs_basis:
+        return cfg, None
+    from ..evaluation import eigenbasis
+
+    basis = eigenbasis.obtain(dataset.train, dataset.num_classes, cfg.eigen_k, dataset=cfg.data, path=path,
+                              cache_dir=Path(out).parent, device=device)
+    return cfg.with_basis(basis), basis
+
+
 def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool = False, force: bool = False,
-          cvae=None, compile: bool | None = None, sync_bn: bool = False, attack_graphs: bool | None = None) -> dict:
+          cvae=None, basis=None, compile: bool | None = None, sync_bn: bool = False,
+          attack_graphs: bool | None = None) -> dict:
     """Train per `cfg`, checkpointing into `out` after every epoch; returns the final metadata.
 
     compile: torch.compile the classifier (None: the device's default, see accel.py).
@@ -120,9 +135,11 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     attack_graphs = accel.resolve_attack_graphs(attack_graphs, device)
     if attack_graphs:
         graphed.require(device, cfg.kind)
-    objective = CVAEObjective() if cfg.kind.generator else ClassifierObjective(cfg, cvae)
+    objective = CVAEObjective() if cfg.kind.generator else ClassifierObjective(cfg, cvae, basis=basis)
     if cfg.kind.needs_cvae and cvae is None:
         raise UsageError(f"mode {cfg.mode} needs a CVAE (--cvae)")
+    if cfg.kind.needs_basis and (basis is None or (basis.k, basis.digest) != (cfg.eigen_k, cfg.basis_digest)):
+        raise UsageError(f"mode {cfg.mode} needs the class eigenbasis its settings name (training.with_basis)")
     if cfg.kind.generator and compile:
         raise UsageError(f"--compile applies to classifiers; mode {cfg.mode} trains the CVAE eagerly")
     if world > 1 and compile:

@@ -41,9 +41,15 @@ class ModeKind:
         return any(KINDS[a].space == "latent" for a in self.attacks)
 
     @property
+    def needs_basis(self) -> bool:
+        """Its attacks include an eigenspace attack (the class eigenbasis)."""
+        return any(KINDS[a].subspace for a in self.attacks)
+
+    @property
     def regular(self) -> bool:
-        """Its attacks include a regular (input-space) attack, whose eps ramps up (--eps-warmup)."""
-        return any(KINDS[a].space == "input" for a in self.attacks)
+        """Its attacks include a regular (unrestricted input-space) attack, whose eps ramps up
+        (--eps-warmup)."""
+        return any(KINDS[a].regular for a in self.attacks)
 
     @property
     def generator(self) -> bool:
@@ -75,6 +81,8 @@ MODES: dict[str, ModeKind] = {m.name: m for m in (
     ModeKind("joint-lp", ("l1", "pgd"), joint=True, label="joint (l1+linf)"),
     ModeKind("vae", ("vae",), label="VAE-adv"),
     ModeKind("joint", ("pgd", "vae"), joint=True, label="joint (PGD+VAE)"),
+    ModeKind("eigen", ("eigen",), label="eigen-adv"),
+    ModeKind("joint-eigen", ("pgd", "eigen"), joint=True, label="joint (PGD+eigen)"),
     ModeKind("cvae", trains="cvae", label="CVAE"),
 )}
 CVAE = "cvae"  # the generator's mode, trained first by everything that needs it

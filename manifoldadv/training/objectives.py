@@ -29,14 +29,15 @@ def mean(per_sample: torch.Tensor, shard) -> torch.Tensor:
 class ClassifierObjective:
     kind = "classifier"
 
-    def __init__(self, cfg, cvae=None, graphs=None):
-        """graphs: a graphed.AttackGraphs replaying the attacks it can (None: all eager)."""
-        self.cfg, self.specs, self.cvae, self.graphs = cfg, cfg.specs(), cvae, graphs
+    def __init__(self, cfg, cvae=None, graphs=None, basis=None):
+        """graphs: a graphed.AttackGraphs replaying the attacks it can (None: all eager); cvae and
+        basis: what the latent and eigenspace attacks need."""
+        self.cfg, self.specs, self.cvae, self.graphs, self.basis = cfg, cfg.specs(), cvae, graphs, basis
 
     def warm(self, spec: AttackSpec, epoch: float) -> AttackSpec:
         """`spec` with eps and step scaled by the warm-up ramp at (fractional) `epoch`."""
         w = self.cfg.eps_warmup
-        if w <= 0 or spec.space != "input":
+        if w <= 0 or not spec.kind.regular:
             return spec
         scale = min(1.0, max(epoch - self.cfg.adv_start, 0.0) / w)
         return with_overrides(spec, eps=spec.eps * scale, step_size=spec.step_size * scale)
@@ -53,7 +54,7 @@ class ClassifierObjective:
             spec = self.warm(spec, epoch + progress)
             x_adv = self.graphs.run(x, y, spec, generator=gen, shard=shard) if self.graphs is not None else None
             if x_adv is None:
-                x_adv = perturb(net, x, y, spec, cvae=self.cvae, generator=gen, shard=shard)
+                x_adv = perturb(net, x, y, spec, cvae=self.cvae, basis=self.basis, generator=gen, shard=shard)
             logits = outer(x_adv)
             losses.append(F.cross_entropy(logits, y, reduction="none"))
             correct = correct + (logits.argmax(1) == y).sum()
