@@ -125,7 +125,7 @@ MNIST = pytest.mark.mnist
 
 
 @pytest.mark.parametrize("kind,mode", [("synthetic", "std"), ("synthetic", "pgd"), ("synthetic", "vae"),
-                                       ("synthetic", "cvae"), pytest.param("mnist", "std", marks=MNIST),
+                                       ("synthetic", "cvae"), ("synthetic", "eigen"), pytest.param("mnist", "std", marks=MNIST),
                                        pytest.param("mnist", "pgd", marks=MNIST)])
 def test_two_processes_train_what_one_trains(tmp_path, runner, mnist_root, models, kind, mode):
     # --adv-start 0: every batch adversarial, its eps ramping up over the epoch (--eps-warmup 1)
@@ -159,16 +159,18 @@ def test_two_processes_train_what_one_trains(tmp_path, runner, mnist_root, model
 @pytest.mark.slow
 def test_attack_and_spectrum_agree_with_one_process(runner, models):
     std, cvae = models / "std.safetensors", models / "cvae.safetensors"
-    attack = ["attack", std, "--attacks", "clean,pgd,l1,vae", "--cvae", cvae, "--limit", "240", "--steps", "3",
+    attack = ["attack", std, "--attacks", "clean,pgd,l1,vae,eigen,eigen-off", "--cvae", cvae, "--limit", "240", "--steps", "3",
               "--batch-size", "60", "--device", "cpu", "--json"]  # 4 batches: 2 per process
     spectrum = ["spectrum", std, "--classes", "0,1,2", "--limit", "600", "--batch-size", "70", "--device", "cpu",
                 "--json"]
-    acc, spectra = {}, {}
+    acc, spectra, shares = {}, {}, {}
     for n in (1, 2):  # one process: a plain run, here
         docs = [cli_json(*args) if n == 1 else json.loads(torchrun(runner, n, *args)[0]) for args in (attack, spectrum)]
         acc[n] = [(r["attack"], r["accuracy"], r.get("recon_accuracy")) for r in docs[0]["results"]]
+        shares[n] = [r["subspace_share"] for r in docs[0]["results"] if "subspace_share" in r]
         spectra[n] = docs[1]
     assert acc[1] == acc[2]  # whole batches dealt to the ranks, each with its own generator
+    assert len(shares[1]) == 2 and shares[2] == pytest.approx(shares[1], rel=1e-12)  # sums in another order
     for a, b in zip(spectra[1]["sets"], spectra[2]["sets"]):
         ea, eb = np.array(a["eigenvalues"]), np.array(b["eigenvalues"])
         assert (a["name"], a["class"]) == (b["name"], b["class"])

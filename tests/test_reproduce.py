@@ -19,23 +19,34 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     with_checks = [a for a in TINY if a not in ("--no-autoattack", "--no-audit")] + ["--autoattack", "--audit"]
     doc = cli_json("reproduce", *with_checks, "--train-steps", "2", "--run-dir", run)
     results = json.loads((run / "results.json").read_text())
-    for mode in ("pgd", "l1", "joint-lp", "joint"):
-        assert {a["steps"] for a in results["models"][mode]["hparams"]["attacks"] if a["space"] == "input"} == {2}
+    for mode in ("pgd", "l1", "joint-lp", "joint", "joint-eigen"):
+        assert {a["steps"] for a in results["models"][mode]["hparams"]["attacks"]
+                if a["space"] == "input" and "subspace" not in a} == {2}
+    # --train-steps is PGD's: the eigenspace attack keeps its own 10 steps
+    assert [a["steps"] for a in results["models"]["eigen"]["hparams"]["attacks"]] == [10]
     assert results["quick"] is True and results["data"] == "synthetic" and results["n_test"] == 120
-    assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae", "autoattack"}
+    assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae", "eigen", "autoattack"}
     assert set(results["tradeoff"]["lp"]) == {"l1", "pgd", "autoattack-l1", "autoattack"}
-    assert set(results["audit"]["models"]) == {"std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp"}
+    assert set(results["audit"]["models"]) == {"std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp", "eigen",
+                                               "joint-eigen"}
     assert all(len(checks) == 10 for checks in results["audit"]["models"].values())
-    assert set(results["table1"]["pgd"]) == {"std", "fgsm", "pgd", "vae", "joint"}
-    assert set(results["tradeoff"]["drops"]) == {"joint-lp", "joint"}
+    assert set(results["table1"]["pgd"]) == {"std", "fgsm", "pgd", "vae", "joint", "eigen"}
+    assert set(results["tradeoff"]["drops"]) == {"joint-lp", "joint", "joint-eigen"}
+    assert set(results["tradeoff"]["eigen"]["eigen"]) == {"pgd", "eigen", "joint-eigen"}
     assert {(r["set"], r["reference"]) for r in results["spectra"]["summary"]} == {
         ("pgd-adv / pgd", "clean"), ("vae-adv / vae", "clean"), ("reconstruction / synthetic-cvae", "clean"),
-        ("vae-adv / vae", "reconstruction / synthetic-cvae")}
-    assert set(results["models"]) == {"cvae", "std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp"}
+        ("vae-adv / vae", "reconstruction / synthetic-cvae"), ("eigen-adv / eigen", "clean")}
+    assert set(results["models"]) == {"cvae", "std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp", "eigen",
+                                      "joint-eigen"}
+    assert results["eigenbasis"]["k"] == 6 and results["eigenbasis"]["explained_min"] > 0.99  # the synthetic rank
+    eigen_rows = [e for e in results["evaluations"] if e["attack"] == "eigen"]
+    assert eigen_rows and all(0 < e["subspace_share"] <= 1 + 1e-6 and 0 < e["box_kept"] <= 1 + 1e-6
+                              for e in eigen_rows)
     assert doc["report"] == str(run / "report.md")
     text = (run / "report.md").read_text()
     assert "QUICK smoke run" in text and "with 2 PGD steps" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
     assert "| AutoAttack (l-inf) |" in text and "## Audit of every model" in text and "on the first 20 test examples" in text
+    assert "## Eigenspace attacks and the box" in text and "regular vs eigenspace" in text
     for fig in results["figures"]:
         assert (run / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     # the trade-off numbers are the differences of the table cells

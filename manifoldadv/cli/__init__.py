@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._app import app
-from . import attack, audit, info, reproduce, spectrum, theory, tradeoff, train  # noqa: F401  (importing registers the commands)
+from . import attack, audit, info, profile, reproduce, spectrum, theory, tradeoff, train  # noqa: F401  (importing registers the commands)
 
 
 def main() -> None:

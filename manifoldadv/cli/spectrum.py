@@ -17,8 +17,8 @@ from ..attacks import ATTACKS
 from ..errors import UsageError
 from ..evaluation.spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, DataName, Run, shared
-from .common import checkpoints_dataset, dataset as load_data
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, DataName, EigenK, Run, shared
+from .common import checkpoints_dataset, dataset as load_data, eigenbasis
 
 
 # auto, none, and every registered attack but clean
@@ -73,8 +73,10 @@ def spectrum(
     checkpoints: Annotated[Optional[list[Path]], typer.Argument(help="Classifier checkpoints; each adds a robust test set.", dir_okay=False)] = None,
     data: Annotated[Optional[DataName], typer.Option("--data", help="Data set (default: the checkpoints', else synthetic).", case_sensitive=False)] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated classes (default: all).")] = None,
-    attack: Annotated[SpectrumAttack, typer.Option("--attack", help="auto: the latent attack for vae-trained models, PGD otherwise.")] = SpectrumAttack.auto,
+    attack: Annotated[SpectrumAttack, typer.Option("--attack", help="auto: the attack an on-manifold model was trained against (vae, eigen), PGD otherwise.")] = SpectrumAttack.auto,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE for the vae attack (default: the one the checkpoint was trained with).")] = None,
+    k: EigenK = None,
+    basis: BasisFile = None,
     plot_path: Annotated[Optional[Path], typer.Option("--plot", dir_okay=False, help="Write the Figure-2 style plot (.png, .pdf or .svg).")] = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every eigenvalue as CSV.")] = None,
     floor: Annotated[float, typer.Option("--floor", min=0.0, help="Eigenvalue floor, relative to the clean class's largest.")] = DEFAULT_FLOOR_REL,
@@ -97,7 +99,8 @@ def spectrum(
     cls = parse_classes(classes, ds.num_classes)
     top = top or ds.info.get("manifold_rank", TOP)
     compiled = accel.resolve_compile(run.compile, dev, "eval")
-    sets = compute(checkpoints, ds, cls, dev, attack=attack, cvae=cvae, batch_size=batch_size, seed=run.seed,
+    sets = compute(checkpoints, ds, cls, dev, attack=attack, cvae=cvae, basis=lambda: eigenbasis(ds, k, basis, dev),
+                   batch_size=batch_size, seed=run.seed,
                    reconstructions=recon, top=top, precision=run.precision, compile=compiled)
     summary = summarize_all(sets, floor_rel=floor, top=top)
     with outputs.together():

@@ -1,4 +1,4 @@
-"""`manifoldadv tradeoff`: both halves of the paper's Table 2 and the measured trade-off."""
+"""`manifoldadv tradeoff`: the paper's Table 2 (and its eigenspace half) and the measured trade-off."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def tradeoff(
     full_checks: FullChecks = None,
     sync_bn: SyncBN = False,
 ) -> None:
-    """l1-adv / l-inf-adv / joint-lp and PGD-adv / VAE-adv / joint under their attacks, and the trade-off."""
+    """l1-adv / l-inf-adv / joint-lp, PGD-adv / VAE-adv / joint and PGD-adv / eigen-adv / joint-eigen under
+    their attacks, and the trade-off."""
     study, ds = common.study(run, data, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
                              autoattack=autoattack, audit=False, full_checks=full_checks, sync_bn=sync_bn)
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "

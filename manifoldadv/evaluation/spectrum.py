@@ -31,7 +31,7 @@ from pathlib import Path
 from ..runtime import accel, console, distributed
 from .. import checkpoint, ops
 from ..data import loader
-from ..attacks import perturb, reconstruct, spec_for
+from ..attacks import needs, perturb, reconstruct, spec_for
 from ..errors import UsageError
 from .accuracy import batch_generator
 
@@ -127,12 +127,12 @@ def accumulate(split, classes, *, device, batch_size=500, transform=None, energy
     return acc.all_reduce().finalize()
 
 
-def attacked(model, spec, cvae=None):
+def attacked(model, spec, cvae=None, basis=None):
     """The transform for `accumulate` that attacks each batch against `model`. The perturbation is
     measured from x, or for a latent attack from G_y(I_y(x)) (Lemma 1's x0: the W dz part alone)."""
     def transform(x, y, gen):
         record = {}
-        x_adv = perturb(model, x, y, spec, cvae=cvae, generator=gen, record=record)
+        x_adv = perturb(model, x, y, spec, cvae=cvae, basis=basis, generator=gen, record=record)
         return x_adv, record.get("origin", x)
     return transform
 
@@ -209,13 +209,18 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
 
 
 def auto_attack(meta: dict) -> str:
-    """The paper's choice: the latent attack against latent-trained models, PGD otherwise."""
-    return "vae" if meta.get("mode") == "vae" else "pgd"
+    """The paper's choice: a model trained against one on-manifold attack (VAE-adv, eigen-adv) is
+    attacked with it, every other model with PGD."""
+    from ..training import MODES
+
+    m = MODES.get(meta.get("mode"))
+    return m.attacks[0] if m is not None and len(m.attacks) == 1 and not m.regular else "pgd"
 
 
-def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_size=500, seed=0, steps=None,
+def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, basis=None, batch_size=500, seed=0, steps=None,
             reconstructions: bool = False, top: int = TOP, precision: str = "fp32", compile: bool = False):
     """The clean set, then one robust set per checkpoint (attacked with `attack`, or per `auto_attack`).
+    basis: the class eigenbasis of the eigenspace attacks, or a function making it when one is needed.
 
     Each robust set also records the share of its perturbations' energy in the clean class's `top`
     leading eigen-directions. reconstructions: also the set G_y(I_y(x)) of each CVAE a latent
@@ -251,10 +256,12 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, batch_si
                     if all(s.name != baseline for s in sets):
                         counts, spectra, _ = measure(baseline, transform=reconstructed(cvae_model))
                         sets.append(SetSpectrum(baseline, str(cvae_path), "reconstruction", counts, spectra))
+            if "basis" in needs(name) and callable(basis):
+                basis = basis()
             spec = spec_for(name, ds.name, steps=steps)
             label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
             energy = PerturbationEnergy(directions)
-            counts, spectra, _ = measure(label, energy, transform=attacked(model, spec, cvae_model))
+            counts, spectra, _ = measure(label, energy, transform=attacked(model, spec, cvae_model, basis))
             sets.append(SetSpectrum(label, str(path), name, counts, spectra, baseline, energy.fractions()))
     return sets
 

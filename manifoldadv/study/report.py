@@ -44,6 +44,23 @@ def spectra_md(summary: list[dict], top: int) -> str:
     return md_table(["set", "against", "class", f"top-{top} ratio", "tail ratio", f"perturbation in top {top}"], rows)
 
 
+def eigen_md(r: dict) -> list[str]:
+    """The eigenspace attacks: the basis, and what the box [0, 1] did to each evaluation's perturbations."""
+    rows = [e for e in r["evaluations"] if "subspace_share" in e]
+    basis = r.get("eigenbasis")
+    if not rows or not basis:
+        return []
+    body = [[NAMES.get(e["mode"], e["mode"]), describe(e), pct(e["accuracy"]), f"{100 * e['subspace_share']:.1f}%",
+             f"{100 * e['box_kept']:.1f}%"] for e in rows]
+    return ["## Eigenspace attacks and the box", "",
+            f"Each class's eigenspace: the top {basis['k']} eigenvectors of its training covariance, holding "
+            f"{100 * basis['explained_mean']:.1f}% of its variance on average (least: {100 * basis['explained_min']:.1f}%). "
+            "The attack moves inside the subspace (or orthogonally to it) and the image is then clamped to [0, 1]; "
+            "'in subspace' is the share of the final perturbations' squared norm that stays in the intended "
+            "subspace, 'kept' their squared norm over that before the clamp.", "",
+            md_table(["model", "attack", "accuracy", "in subspace", "kept"], body), ""]
+
+
 def theory_md(rows: list[dict]) -> str:
     n_pass = sum(r["passed"] is True for r in rows)
     n_na = sum(r["passed"] is None for r in rows)  # a check that cannot apply to this case
@@ -153,7 +170,10 @@ def render(r: dict) -> str:
     ]
     d = r["tradeoff"]["drops"]
     lines += [f"The l1/l-inf conflict costs {100 * d['joint-lp']['mean']:.1f} pp on average, the regular/generative "
-              f"conflict {100 * d['joint']['mean']:.1f} pp.", ""]
+              f"conflict {100 * d['joint']['mean']:.1f} pp"
+              + (f", the regular/eigenspace conflict {100 * d['joint-eigen']['mean']:.1f} pp" if "joint-eigen" in d else "")
+              + ".", ""]
+    lines += eigen_md(r)
     sp = r["spectra"]
     lines += [
         "## Spectra of the clean and robust test sets (Figure 2)",
@@ -162,7 +182,8 @@ def render(r: dict) -> str:
         f"descending), averaged geometrically over the top {sp['top']} and over the tail; eigenvalues below "
         f"{sp['floor_rel']:g} x the reference class's largest count as that floor. The paper's claim: the "
         f"PGD-robust set lifts the tail (small-variance directions) and not the top; the VAE-robust set lifts the "
-        f"top and not the tail. The latent attack starts from the CVAE's reconstructions G(I(x)) (dashed in the "
+        f"top and not the tail; so should the eigen-robust set (the eigenspace attack against eigen-adv), whose "
+        f"perturbations lie in the top {r.get('eigenbasis', {}).get('k', 'k')} eigen-directions by construction. The latent attack starts from the CVAE's reconstructions G(I(x)) (dashed in the "
         f"figure), so its set is also measured against them: by Lemma 1 it is x0 + W dz with x0 from the "
         f"encode-decode distribution D', and the rows against the reconstructions show the perturbation W dz "
         f"alone, the rows of the reconstructions against the clean set the change D -> D'. The last column says "

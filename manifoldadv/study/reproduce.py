@@ -1,7 +1,7 @@
 """`reproduce`: the paper's whole study in one resumable run, ending in a report.
 
 Steps: train the CVAE and every classifier the study needs (std, FGSM-adv, PGD-adv = l-inf-adv,
-VAE-adv, joint, l1-adv, joint-lp); Table 1 (attack matrix); Table 2 and the trade-off; the
+VAE-adv, joint, l1-adv, joint-lp, eigen-adv, joint-eigen); Table 1 (attack matrix); Table 2 and the trade-off; the
 spectra of the clean and robust test sets (Figure 2); `theory verify`; figures, `results.json`
 and `report.md`. Each step's result is cached in the run directory (see `study.py`), so a
 re-run skips what is finished and a killed run loses at most the epoch or the step in progress.
@@ -45,16 +45,19 @@ def _cached(study: Study, name: str, key: dict, fn):
 
 
 def spectra_step(study: Study, ds: Dataset) -> dict:
-    pgd, vae = study.ensure_trained("pgd", ds), study.ensure_trained("vae", ds)
+    """Figure 2: the clean set and the PGD-, VAE- and eigen-robust sets (each model attacked as it
+    was trained: spectrum.auto_attack)."""
+    pgd, vae, eigen = (study.ensure_trained(m, ds) for m in ("pgd", "vae", "eigen"))
+    basis = study.basis(ds)
     top = ds.info.get("manifold_rank", TOP)
     classes = list(range(ds.num_classes))
     full = dataclasses.replace(ds, test=study.spectra_test or ds.test)
-    key = {"pgd": digest(pgd), "vae": digest(vae), "cvae": digest(study.path(CVAE)), "n": len(full.test),
-           "steps": study.eval_steps, "seed": study.seed, "top": top, "floor": DEFAULT_FLOOR_REL,
-           "precision": study.precision}
+    key = {"pgd": digest(pgd), "vae": digest(vae), "eigen": digest(eigen), "cvae": digest(study.path(CVAE)),
+           "eigenbasis": [basis.digest, basis.k], "n": len(full.test), "steps": study.eval_steps, "seed": study.seed,
+           "top": top, "floor": DEFAULT_FLOOR_REL, "precision": study.precision}
 
     def run():
-        sets = compute([pgd, vae], full, classes, study.device, seed=study.seed, steps=study.eval_steps,
+        sets = compute([pgd, vae, eigen], full, classes, study.device, basis=basis, seed=study.seed, steps=study.eval_steps,
                        reconstructions=True, top=top, precision=study.precision,
                        compile=accel.resolve_compile(study.compile, study.device, "eval"))
         return {"top": top, "floor_rel": DEFAULT_FLOOR_REL, "summary": summarize_all(sets, top=top),
@@ -139,6 +142,7 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
         "tradeoff_paper": {"table2": paper.table2(study.data), "drops": tables.paper_drops(study.data)},
         "evaluations": list(evals.values()),
         "spectra": spectra,
+        "eigenbasis": study.basis(ds).describe(),
         "theory": th,
         "figures": ["figures/attack_defence.png"] + spectra["figures"] + ([th["figure"]] if th else []),
     }

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import checkpoint, training
-from ..attacks import external, kind, spec_for
+from ..attacks import external, kind, needs, spec_for
 from ..config import defaults
 from ..data import Dataset
 from ..evaluation import attack_accuracy
@@ -28,13 +28,14 @@ from ..runtime.outputs import Cache, cache_key
 from ..training import CVAE, mode as mode_kind
 from . import tables
 
-TABLE1_ROWS = ("clean", "fgsm", "pgd", "vae")
-TABLE1_COLS = ("std", "fgsm", "pgd", "vae", "joint")
-ALL_MODES = ("std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp")
+TABLE1_ROWS = ("clean", "fgsm", "pgd", "vae", "eigen")
+TABLE1_COLS = ("std", "fgsm", "pgd", "vae", "joint", "eigen")
+ALL_MODES = ("std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp", "eigen", "joint-eigen")
 CHECKED = 1000  # test examples of AutoAttack and the audit in a full study without --full-checks
 # AutoAttack beside the regular-attack rows (table -> row -> attack), when it is on
 AUTOATTACK_ROWS = {"table1": {"autoattack": "autoattack"}, "lp": {"autoattack-l1": "autoattack-l1",
-                   "autoattack": "autoattack"}, "gen": {"autoattack": "autoattack"}}
+                   "autoattack": "autoattack"}, "gen": {"autoattack": "autoattack"},
+                   "eigen": {"autoattack": "autoattack"}}
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Study:
     step_seconds: dict = field(default_factory=dict)  # what the cached steps it used cost when made
     caches: dict = field(default_factory=dict)
     spectra_test: object = None
+    eigenbasis: object = None  # the class eigenbasis of the training split (basis())
 
     def __post_init__(self):
         if self.autoattack is None:
@@ -100,11 +102,31 @@ class Study:
             if self.train_steps is not None:
                 kw["steps"] = self.train_steps
             kw["precision"] = self.precision
+        if m.needs_basis:
+            kw["eigen_k"] = self.basis(ds).k
         limit = len(ds.train) if self.quick else None
         cfg = training.resolve_config(self.data, mode, seed=self.seed, limit=limit, strategy=self.strategy, **kw)
         if m.needs_cvae:
             cfg = cfg.with_cvae(self.path(CVAE), checkpoint.digest(self.path(CVAE)))
+        if m.needs_basis:
+            cfg = cfg.with_basis(self.basis(ds))
         return cfg
+
+    def basis(self, ds: Dataset):
+        """The class eigenbasis of the training split, kept in the run folder: the data set's k, or
+        less when a class of a subset is too small for it (logged; results.json records k)."""
+        if self.eigenbasis is None:
+            from ..evaluation import eigenbasis
+
+            k = defaults(self.data).eigen.k
+            smallest = int(ds.train.y.bincount(minlength=ds.num_classes).min())
+            if smallest <= k:
+                console.log(f"eigenspace k {max(smallest - 1, 1)} instead of {k}: the training split's smallest class "
+                            f"has {smallest} examples")
+                k = max(smallest - 1, 1)
+            self.eigenbasis = eigenbasis.obtain(ds.train, ds.num_classes, k, dataset=self.data, cache_dir=self.run_dir,
+                                                device=self.device)
+        return self.eigenbasis
 
     def ensure_trained(self, mode: str, ds: Dataset) -> Path:
         """Train `mode` unless its checkpoint is complete; resume it when half-trained."""
@@ -113,6 +135,7 @@ class Study:
             cvae, _ = checkpoint.load_model(self.ensure_trained(CVAE, ds), kind="cvae", device=self.device)
         out, t0 = self.path(mode), time.perf_counter()
         if training.ensure_trained(self.config(mode, ds), ds, device=self.device, out=out, cvae=cvae,
+                                   basis=self.basis(ds) if m.needs_basis else None,
                                    compile=None if m.generator else self.compile, sync_bn=self.sync_bn):
             self.timings[f"train:{mode}"] = round(time.perf_counter() - t0, 1)
         return out
@@ -138,10 +161,12 @@ class Study:
             ds = dataclasses.replace(ds, test=self.checked(ds.test))
         ck = self.ensure_trained(mode, ds)
         spec = spec_for(attack, self.data, steps=self.eval_steps)
-        cvae_path = self.ensure_trained(CVAE, ds) if spec.space == "latent" else None
+        cvae_path = self.ensure_trained(CVAE, ds) if "cvae" in needs(attack) else None
+        basis = self.basis(ds) if "basis" in needs(attack) else None
         key = cache_key({"checkpoint": ck.name, "sha256": checkpoint.digest(ck), "attack": spec.as_dict(),
                          "n_test": len(ds.test), "seed": self.seed, "precision": self.precision,
-                         "cvae": checkpoint.digest(cvae_path) if cvae_path else None})
+                         "cvae": checkpoint.digest(cvae_path) if cvae_path else None,
+                         **({"eigenbasis": [basis.digest, basis.k]} if basis is not None else {})})
         evals = self.cache("evals")
         row = evals.get(key)
         if row is not None:
@@ -152,9 +177,10 @@ class Study:
         cvae = checkpoint.load_model(cvae_path, kind="cvae", device=self.device)[0] if cvae_path else None
         t0 = time.perf_counter()
         with console.doing(f"while evaluating {mode} under {attack}"):
-            res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, seed=self.seed,
+            res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, basis=basis, seed=self.seed,
                                   label=f"{mode} / {attack}")
         row = {"checkpoint": str(ck), "mode": mode, "attack": attack, **spec.as_dict(), **res,
+               **({"eigenbasis": basis.describe()} if basis is not None else {}),
                **accel.record(self.precision, compiled), "seconds": round(time.perf_counter() - t0, 1)}
         evals.put(key, row)
         console.log(f"[{self.data}] {mode} under {attack}: {res['accuracy']:.2%}")
@@ -198,21 +224,19 @@ class Study:
     # ---------------------------------------------------------------- the trade-off
 
     def tradeoff(self, ds: Dataset) -> dict:
-        """Both halves of Table 2 and the drops of each joint model against its single models."""
+        """Every half of Table 2 (tables.TABLE2) and the drops of each joint model against its single models."""
         half = tables.TABLE2["lp"]
         rows = {row: {m: self.accuracy(m, a, ds) for m in half.models} for row, a in half.attacks.items()}
         lp = {row: {m: r["accuracy"] for m, r in cols.items()} for row, cols in rows.items()}
         slide = {m: r["slide_accuracy"] for m, r in rows["l1"].items()}  # SLIDE alone, from l1-worst
-        gen_half = tables.TABLE2["gen"]
-        gen = self.matrix(tuple(gen_half.attacks.values()), gen_half.models, ds)
         if self.autoattack:  # beside the rows the drops are computed from
             lp.update(self.matrix(AUTOATTACK_ROWS["lp"], half.models, ds))
-            gen.update(self.matrix(AUTOATTACK_ROWS["gen"], gen_half.models, ds))
-        return {
-            "strategy": self.strategy,
-            "lp": lp,
-            "lp_attacks": dict(half.attacks),
-            "l1_slide_only": slide,
-            "gen": gen,
-            "drops": tables.drops({"lp": lp, "gen": gen}),
-        }
+        out = {"strategy": self.strategy, "lp": lp, "lp_attacks": dict(half.attacks), "l1_slide_only": slide}
+        for key, other in tables.TABLE2.items():
+            if key == "lp":
+                continue
+            out[key] = self.matrix(tuple(other.attacks.values()), other.models, ds)
+            if self.autoattack:
+                out[key].update(self.matrix(AUTOATTACK_ROWS[key], other.models, ds))
+        out["drops"] = tables.drops(out)
+        return out
