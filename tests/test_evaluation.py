@@ -182,4 +182,24 @@ def test_audit_command_json_and_exit_code(tmp_path, trained):
     doc = json.loads(r.stdout)
     assert r.exit_code == (1 if doc["failed"] else 0)
     checks = doc["models"][0]["checks"]
-    assert [c["key"] for c in checks] == list("abcdefghij") and checks[-1]["verdict"] == "n/a"
+    assert [c["key"] for c in checks] == list("abcdefghijk") and checks[-1]["verdict"] == "n/a"
+
+
+def test_audit_checks_the_eigenspace_examples(trained, monkeypatch):
+    """(k) passes a sound eigenspace attack, reports its subspace shares, and fails one whose
+    perturbations leave the budget."""
+    from manifoldadv.attacks import eigen
+    from manifoldadv.evaluation import eigenbasis
+
+    model, ds, _ = trained
+    basis = eigenbasis.compute(ds.train, ds.num_classes, 6, dataset="synthetic")
+    x, y = ds.test.images(slice(0, 60)), ds.test.y[:60]
+    assert Auditor(model, x, y, "synthetic").eigenspace_examples_hold().verdict == "n/a"
+    check = Auditor(model, x, y, "synthetic", basis=basis).eigenspace_examples_hold()
+    assert check.verdict == "pass", check.detail
+    assert set(check.data["subspace_share"]) == {"eigen", "eigen-off", "eigen-off-l2"}
+    assert all(0.5 < v <= 1 + 1e-9 for v in check.data["subspace_share"].values())
+    real = eigen.perturbation
+    monkeypatch.setattr(eigen, "perturbation", lambda *a: 1.5 * real(*a))
+    broken = Auditor(model, x, y, "synthetic", basis=basis).eigenspace_examples_hold()
+    assert broken.verdict == "FAIL" and "outside the ball" in broken.detail

@@ -29,7 +29,8 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert set(results["tradeoff"]["lp"]) == {"l1", "pgd", "autoattack-l1", "autoattack"}
     assert set(results["audit"]["models"]) == {"std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp", "eigen",
                                                "joint-eigen"}
-    assert all(len(checks) == 10 for checks in results["audit"]["models"].values())
+    assert all(len(checks) == 11 for checks in results["audit"]["models"].values())
+    assert all(checks[-1]["key"] == "k" and checks[-1]["verdict"] == "pass" for checks in results["audit"]["models"].values())
     assert set(results["table1"]["pgd"]) == {"std", "fgsm", "pgd", "vae", "joint", "eigen"}
     assert set(results["tradeoff"]["drops"]) == {"joint-lp", "joint", "joint-eigen"}
     assert set(results["tradeoff"]["eigen"]["eigen"]) == {"pgd", "eigen", "joint-eigen"}

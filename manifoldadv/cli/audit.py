@@ -13,8 +13,8 @@ from ..runtime import accel, console
 from .. import checkpoint
 from ..evaluation.audit import audit as run_audit, failed
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Checkpoints, Run, shared
-from .common import checkpoints_dataset, dataset as load_data, load_cvae
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Checkpoints, EigenK, Run, shared
+from .common import checkpoints_dataset, dataset as load_data, eigenbasis, load_cvae
 
 VERDICT_STYLE = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "info": "info", "n/a": "n/a"}
 
@@ -38,6 +38,8 @@ def audit(
     eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget (default: the data set's test eps).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="PGD steps (default: the data set's).")] = None,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE for the latent-attack check (j).")] = None,
+    k: EigenK = None,
+    basis: BasisFile = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 500,
 ) -> None:
     """Check each model's robustness evaluation for signs of gradient masking and weak attacks:
@@ -45,11 +47,18 @@ def audit(
     or restarts change little, (d) PGD <= FGSM, (e) black-box Square finds nothing PGD missed,
     (f) logits not probabilities, (g) few exactly zero input gradients, (h) deterministic,
     batch-size independent predictions, (i) returned examples in the ball and the box and fooling
-    on a fresh pass, (j) a latent attack's pixel distortion (with --cvae). Exit 1 if any check fails."""
+    on a fresh pass, (j) a latent attack's pixel distortion (with --cvae), (k) the eigenspace attacks'
+    examples in their budget and the box, and their share in their subspace (with --k or --basis, or
+    for an eigen-trained model). Exit 1 if any check fails."""
     dev = run.start()
     data_name, metas = checkpoints_dataset(checkpoints)
     cvae_model = load_cvae(cvae, dev, data_name)[0] if cvae is not None else None
     ds = load_data(data_name, run.data_root, run.limit, run.download)
+    from ..training import MODES
+
+    trained = [MODES.get(m.get("mode")) for m in metas]
+    wanted = k is not None or basis is not None or any(t is not None and t.needs_basis for t in trained)
+    basis_model = eigenbasis(ds, k, basis, dev) if wanted else None
     compiled = accel.resolve_compile(run.compile, dev, "eval")
     models = []
     for path, meta in zip(checkpoints, metas):
@@ -57,7 +66,8 @@ def audit(
         model = accel.prepare(model, precision=run.precision, compile=compiled, device=dev)
         with console.doing(f"while auditing {path}", "audit writes nothing"):
             checks = run_audit(model, ds.test, data_name, device=dev, n=examples, eps=eps, steps=steps,
-                               batch_size=batch_size, seed=run.seed, cvae=cvae_model, num_classes=ds.num_classes)
+                               batch_size=batch_size, seed=run.seed, cvae=cvae_model, num_classes=ds.num_classes,
+                               basis=basis_model)
         models.append({"checkpoint": str(path), "label": meta.get("mode") or Path(path).stem,
                        "checks": [c.as_dict() for c in checks], "failed": failed(checks)})
         console.log(f"{path}: {sum(c.verdict == 'FAIL' for c in checks)} check(s) failed")

@@ -37,6 +37,7 @@ def profile(
     basis: BasisFile = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps of every attack (default: each one's own: 10 for the eigenspace attacks, the data set's PGD steps for PGD-l2).")] = None,
     restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts of every attack (default 1).")] = None,
+    examples: Annotated[Optional[int], typer.Option("--examples", min=1, help="The first N test examples (default: all); the eigenbasis always comes from the whole training split.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     plot_dir: Annotated[Optional[Path], typer.Option("--plot-dir", file_okay=False, help="Write one figure per model here: <checkpoint name>-profile.png.")] = None,
 ) -> None:
@@ -44,7 +45,7 @@ def profile(
     eigen-off-l2 (off it) and PGD-l2 at each l2 budget, and which of on and off fools more.
 
     Example: manifoldadv profile runs/mnist-std.safetensors runs/mnist-eigen.safetensors --data-root DATA
-    --limit 2000 --plot-dir figures
+    --examples 2000 --plot-dir figures
     """
     dev = run.start()
     data_name, metas = checkpoints_dataset(checkpoints)
@@ -52,6 +53,7 @@ def profile(
     figures = [outputs.check_figure(plot_dir / f"{Path(p).stem}-profile.png") for p in checkpoints] if plot_dir else []
     ds = load_data(data_name, run.data_root, run.limit, run.download)
     found = eigenbasis(ds, k, basis, dev)
+    test = ds.test.head(examples) if examples else ds.test
     bs = batch_size or defaults(data_name).eval_batch_size
     compiled = accel.resolve_compile(run.compile, dev, "eval")
     results = []
@@ -60,17 +62,17 @@ def profile(
         model = accel.prepare(model, precision=run.precision, compile=compiled, device=dev)
         name = meta.get("mode") or Path(path).stem
         with console.doing(f"while profiling {path}", "profile writes its figures at the end"):
-            res = P.profile(model, ds.test, found, grid, data_name, device=dev, seed=run.seed, batch_size=bs,
+            res = P.profile(model, test, found, grid, data_name, device=dev, seed=run.seed, batch_size=bs,
                             steps=steps, restarts=restarts, label=name)
         results.append({"checkpoint": str(path), "mode": meta.get("mode"), **res})
     with outputs.together():
         for res, fig in zip(results, figures):
-            P.plot(fig, res, f"{data_name} {res['mode'] or Path(res['checkpoint']).stem}: n {len(ds.test)}, "
+            P.plot(fig, res, f"{data_name} {res['mode'] or Path(res['checkpoint']).stem}: n {len(test)}, "
                              f"k {found.k}")
     for fig in figures:
         console.log(f"wrote {fig}")
     if run.json_out:
-        console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": run.seed, "eps_grid": grid,
+        console.emit_json({"dataset": data_name, "n": len(test), "seed": run.seed, "eps_grid": grid,
                            "eigenbasis": found.describe(), **accel.record(run.precision, compiled),
                            "models": results})
         return

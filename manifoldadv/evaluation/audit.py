@@ -49,8 +49,8 @@ class Auditor:
     """Runs the checks on one model over (x, y), reusing attack results between checks."""
 
     def __init__(self, model, x, y, dataset: str, *, eps: float | None = None, steps: int | None = None,
-                 batch_size: int = 500, seed: int = 0, cvae=None, num_classes: int = 10):
-        self.model, self.x, self.y, self.cvae = model, x, y, cvae
+                 batch_size: int = 500, seed: int = 0, cvae=None, num_classes: int = 10, basis=None):
+        self.model, self.x, self.y, self.cvae, self.basis = model, x, y, cvae, basis
         self.dataset, self.batch_size, self.seed, self.num_classes = dataset, batch_size, seed, num_classes
         self.pgd = make_spec("pgd", dataset, eps=eps, steps=steps)
         self._cache: dict = {}
@@ -65,7 +65,7 @@ class Auditor:
             outs = []
             for i in range(0, len(self.x), self.batch_size):
                 xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
-                outs.append(perturb(self.model, xb, yb, spec, cvae=self.cvae, generator=gen))
+                outs.append(perturb(self.model, xb, yb, spec, cvae=self.cvae, basis=self.basis, generator=gen))
             x_adv = torch.cat(outs) if outs else self.x.clone()
             self._cache[key] = (x_adv, self.correct(x_adv))
         return self._cache[key]
@@ -204,22 +204,53 @@ class Auditor:
                      f"l2 {l2:.3g} on average (the regular budget is linf {self.pgd.eps:g})",
                      {"pixel_linf_mean": linf, "pixel_l2_mean": l2, "latent_linf_mean": lat})
 
+    def eigenspace_examples_hold(self) -> Check:
+        """The eigenspace attacks' returned examples: within their budget and the box, in their
+        subspace as far as the box lets them (the share is reported), fresh predictions agreeing."""
+        name = "eigenspace attacks: examples in budget and box, share in their subspace"
+        if self.basis is None:
+            return Check("k", name, "n/a", None, "no eigenbasis (--k or --basis, or an eigen-trained model)")
+        from ..attacks.eigen import ClassSpan
+
+        problems, shares = [], {}
+        for attack in ("eigen", "eigen-off", "eigen-off-l2"):
+            spec = make_spec(attack, self.dataset)
+            x_adv, correct = self.attack(spec)
+            d = (x_adv - self.x).flatten(1).double()
+            size = d.abs().max(1).values if spec.norm == "linf" else d.norm(dim=1)
+            outside = int((size > spec.eps * (1 + 1e-5) + 1e-6).sum())
+            box = int(((x_adv < 0) | (x_adv > 1)).flatten(1).any(1).sum())
+            span = ClassSpan(self.basis, self.y, torch.float64)
+            inside = span.project(d) if spec.kind.subspace == "on" else span.orthogonal(d)
+            total = float(d.square().sum())
+            shares[attack] = float(inside.square().sum()) / total if total > 0 else 1.0
+            with frozen(self.model), torch.no_grad():
+                fresh = torch.cat([self.model(x_adv[i:i + 7].clone()).argmax(1) == self.y[i:i + 7]
+                                   for i in range(0, len(x_adv), 7)])
+            if outside or box or not torch.equal(fresh, correct):
+                problems.append(f"{attack}: {outside} outside the ball, {box} outside the box, "
+                                f"{int((fresh != correct).sum())} with another prediction on a fresh pass")
+        detail = "; ".join(problems) or ("every example inside the ball and the box; fresh predictions agree; "
+                                         "share in the subspace after the box: "
+                                         + ", ".join(f"{a} {v:.1%}" for a, v in shares.items()))
+        return Check("k", name, _verdict(not problems), float(len(problems)), detail, {"subspace_share": shares})
+
     CHECKS = ("monotone_in_eps", "large_budget", "more_steps_and_restarts", "iterative_beats_one_step",
               "black_box_not_stronger", "outputs_are_logits", "zero_gradients", "deterministic",
-              "adversarial_examples_hold", "latent_distortion")
+              "adversarial_examples_hold", "latent_distortion", "eigenspace_examples_hold")
 
     def run(self, only=None) -> list[Check]:
         return [getattr(self, name)() for name in self.CHECKS if only is None or name in only]
 
 
 def audit(model, split, dataset: str, *, device, n: int | None = None, eps=None, steps=None, batch_size=500,
-          seed: int = 0, cvae=None, num_classes: int = 10) -> list[Check]:
+          seed: int = 0, cvae=None, num_classes: int = 10, basis=None) -> list[Check]:
     """Every check on the first `n` examples of `split` (all when None)."""
     split = split.head(n) if n is not None else split
     placed = loader.place(split, device)
     x, y = placed.images(), placed.y
     return Auditor(model, x, y, dataset, eps=eps, steps=steps, batch_size=batch_size, seed=seed, cvae=cvae,
-                   num_classes=num_classes).run()
+                   num_classes=num_classes, basis=basis).run()
 
 
 def failed(checks) -> bool:

@@ -197,15 +197,17 @@ class Study:
 
     def audits(self, ds: Dataset) -> dict:
         """mode -> the audit's checks of every trained classifier (cached by checkpoint and settings)."""
-        from ..evaluation.audit import audit
+        from ..evaluation.audit import Auditor, audit
 
         out, cache, test = {}, self.cache("audit"), self.checked(ds.test)
         cvae_path = self.ensure_trained(CVAE, ds)
         cvae_sha256 = checkpoint.digest(cvae_path)
+        basis = self.basis(ds)
         for mode in ALL_MODES:
             ck = self.ensure_trained(mode, ds)
             key = cache_key({"checkpoint": ck.name, "sha256": checkpoint.digest(ck),
-                             "cvae": cvae_sha256, "n_test": len(test), "steps": self.eval_steps,
+                             "cvae": cvae_sha256, "eigenbasis": [basis.digest, basis.k], "n_test": len(test),
+                             "steps": self.eval_steps, "checks": len(Auditor.CHECKS),
                              "seed": self.seed, "precision": self.precision})
             checks = cache.get(key)
             if checks is None:
@@ -214,7 +216,7 @@ class Study:
                 cvae, _ = checkpoint.load_model(cvae_path, kind="cvae", device=self.device)
                 with console.doing(f"while auditing {mode}"):
                     found = audit(model, test, self.data, device=self.device, steps=self.eval_steps, seed=self.seed,
-                                  cvae=cvae, num_classes=ds.num_classes)
+                                  cvae=cvae, num_classes=ds.num_classes, basis=basis)
                 checks = console.to_jsonable([c.as_dict() for c in found])
                 cache.put(key, checks)
                 console.log(f"[{self.data}] audit of {mode}: {sum(c.verdict == 'FAIL' for c in found)} failed")
