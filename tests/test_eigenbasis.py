@@ -55,6 +55,13 @@ def test_the_basis_is_cached_by_split_and_k(tmp_path, train, basis):
     assert torch.equal(again.vectors, first.vectors) and torch.equal(again.values, basis.values)
     other = Split(train.x[:-1], train.y[:-1])
     assert E.split_digest(other) != E.split_digest(train)
+    # a file named by the user: k None takes the file's; the explained shares come back with it
+    named = E.obtain(train, 10, 4, dataset="synthetic", path=tmp_path / "mine.safetensors")
+    back = E.obtain(train, 10, None, dataset="synthetic", path=tmp_path / "mine.safetensors")
+    assert back.k == named.k == 4 and torch.equal(back.totals, named.totals)
+    x = train.x.reshape(len(train), -1).double().numpy()
+    trace = np.trace(np.cov(x[train.y.numpy() == 0], rowvar=False, ddof=1))
+    assert float(back.explained[0]) == pytest.approx(float(basis.values[0, :4].sum()) / trace, rel=1e-9)
 
 
 def test_bad_requests_are_one_line(tmp_path, train, basis):

@@ -67,7 +67,7 @@ FullChecks = Annotated[Optional[bool], typer.Option(
          "the report says how many). Default: every example on CUDA, the subset on CPU; quick runs use a small subset.")]
 EigenK = Annotated[Optional[int], typer.Option(
     "--k", min=1, help="Eigenspace attacks: each class's top-k covariance eigenvectors span its manifold "
-                       "(default: the data set's, 100 on MNIST).")]
+                       "(default: the --basis file's, else the data set's: 100 on MNIST).")]
 EigenEps = Annotated[Optional[float], typer.Option(
     "--eigen-eps", min=0.0, help="l2 budget of eigen and eigen-off-l2, on and off the manifold at the same norm "
                                  "(default: the data set's, 1 on MNIST).")]

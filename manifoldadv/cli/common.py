@@ -22,11 +22,10 @@ def load_cvae(path: Path, device, dataset_name: str | None = None):
 
 
 def eigenbasis(ds, k: int | None, path: Path | None, device):
-    """The class eigenbasis of `ds`'s training split (k: the data set's default when None)."""
-    from ..config import defaults
+    """The class eigenbasis of `ds`'s training split (k None: the file's at `path`, else the data
+    set's default)."""
     from ..evaluation import eigenbasis as eb
 
-    k = defaults(ds.name).eigen.k if k is None else k
     if path is not None:
         from ..runtime import outputs
 

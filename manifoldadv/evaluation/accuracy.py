@@ -71,7 +71,7 @@ def attack_accuracy(model, split, spec: AttackSpec, *, device, batch_size: int =
     out = {"accuracy": int(counts[0]) / max(n, 1), "n": n}
     if int(distributed.all_reduce_(saw_origin)):  # a latent attack (not a composite holding one)
         out["recon_accuracy"] = int(counts[1]) / max(n, 1)
-    if spec.kind.subspace in ("on", "off"):
+    if spec.kind.subspace in ("on", "off") and not spec.kind.parts:
         total, inside, unboxed = distributed.all_reduce_(norms).tolist()
         out["subspace_share"] = inside / total if total > 0 else 1.0
         out["box_kept"] = total / unboxed if unboxed > 0 else 1.0

@@ -104,9 +104,9 @@ def save(path, basis: EigenBasis) -> None:
     atomic_write_bytes(Path(path), blob)
 
 
-def load(path, *, dataset: str, digest: str, k: int) -> EigenBasis:
+def load(path, *, dataset: str, digest: str, k: int | None) -> EigenBasis:
     """A saved basis, refused (one line) unless it was made from this data set's training split
-    with this k."""
+    with this k (None: the file's)."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -116,6 +116,7 @@ def load(path, *, dataset: str, digest: str, k: int) -> EigenBasis:
         raise UsageError(f"{path} is not a readable eigenbasis ({str(exc).splitlines()[0] if str(exc) else exc})") from None
     if meta.get("format") != FORMAT or set(tensors) != {"vectors", "values", "counts", "totals"}:
         raise UsageError(f"{path} is not a manifoldadv eigenbasis")
+    k = meta.get("k") if k is None else k
     if (meta.get("dataset"), meta.get("digest"), meta.get("k")) != (dataset, digest, k):
         raise UsageError(f"{path} is the eigenbasis of {meta.get('dataset')} (training split {meta.get('digest')}, "
                          f"k {meta.get('k')}), not of {dataset} (training split {digest}, k {k})")
@@ -130,11 +131,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "manifoldadv").expanduser() / "eigenbasis"
 
 
-def obtain(split: Split, num_classes: int, k: int, *, dataset: str, cache_dir=None, path=None,
+def obtain(split: Split, num_classes: int, k: int | None, *, dataset: str, cache_dir=None, path=None,
            device="cpu") -> EigenBasis:
     """The basis of this split and k: read from `path` (or, without one, from `cache_dir`, by
-    default `cache_dir()`) when it is there, else computed and written there."""
+    default `cache_dir()`) when it is there, else computed and written there. k None: the file's
+    at `path`, else the data set's default."""
     digest = split_digest(split)
+    if k is None and (path is None or not Path(path).exists()):
+        from ..config import defaults
+
+        k = defaults(dataset).eigen.k
     if path is None:
         path = Path(cache_dir or globals()["cache_dir"]()) / f"{dataset}-eigenbasis-k{k}-{digest}.safetensors"
     path = Path(path)
