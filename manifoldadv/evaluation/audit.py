@@ -163,6 +163,18 @@ class Auditor:
         return Check("h", "predictions deterministic and independent of the batch size", _verdict(same), gap,
                      f"the same predictions twice and in batches of 7; largest logit difference {gap:.2e}")
 
+    def _recheck(self, name: str, x_adv, correct, outside: int, box: int) -> str:
+        """What is wrong with an attack's returned examples ("" when nothing): `outside` the ball,
+        `box` outside [0, 1], and predictions of a fresh pass in other batches that differ (a
+        result that depended on the attack's own forward, its randomness or batch statistics)."""
+        with frozen(self.model), torch.no_grad():
+            fresh = torch.cat([self.model(x_adv[i:i + 7].clone()).argmax(1) == self.y[i:i + 7]
+                               for i in range(0, len(x_adv), 7)])
+        if outside or box or not torch.equal(fresh, correct):
+            return (f"{name}: {outside} outside the ball, {box} outside the box, "
+                    f"{int((fresh != correct).sum())} with another prediction on a fresh pass")
+        return ""
+
     def adversarial_examples_hold(self) -> Check:
         """Each attack's returned examples, re-checked: inside the ball and the box, and the
         accuracy a fresh forward pass gives equals the one the evaluation reported."""
@@ -173,14 +185,9 @@ class Auditor:
             dist = d.abs().max(1).values
             outside = int((dist > spec.eps * (1 + 1e-6) + 1e-6).sum())
             box = int(((x_adv < 0) | (x_adv > 1)).flatten(1).any(1).sum())
-            # a fresh pass in other batches: a result that depended on the attack's own forward
-            # (randomness, batch statistics) shows here
-            with frozen(self.model), torch.no_grad():
-                fresh = torch.cat([self.model(x_adv[i:i + 7].clone()).argmax(1) == self.y[i:i + 7]
-                                   for i in range(0, len(x_adv), 7)])
-            if outside or box or not torch.equal(fresh, correct):
-                problems.append(f"{spec.name}: {outside} outside the ball, {box} outside the box, "
-                                f"{int((fresh != correct).sum())} with another prediction on a fresh pass")
+            problem = self._recheck(spec.name, x_adv, correct, outside, box)
+            if problem:
+                problems.append(problem)
         return Check("i", "returned adversarial examples re-checked", _verdict(not problems), float(len(problems)),
                      "; ".join(problems) or "every example inside the ball and the box; fresh predictions agree")
 
@@ -224,12 +231,9 @@ class Auditor:
             inside = span.project(d) if spec.kind.subspace == "on" else span.orthogonal(d)
             total = float(d.square().sum())
             shares[attack] = float(inside.square().sum()) / total if total > 0 else 1.0
-            with frozen(self.model), torch.no_grad():
-                fresh = torch.cat([self.model(x_adv[i:i + 7].clone()).argmax(1) == self.y[i:i + 7]
-                                   for i in range(0, len(x_adv), 7)])
-            if outside or box or not torch.equal(fresh, correct):
-                problems.append(f"{attack}: {outside} outside the ball, {box} outside the box, "
-                                f"{int((fresh != correct).sum())} with another prediction on a fresh pass")
+            problem = self._recheck(attack, x_adv, correct, outside, box)
+            if problem:
+                problems.append(problem)
         detail = "; ".join(problems) or ("every example inside the ball and the box; fresh predictions agree; "
                                          "share in the subspace after the box: "
                                          + ", ".join(f"{a} {v:.1%}" for a, v in shares.items()))
