@@ -34,7 +34,7 @@ def profile_md(docs: list[dict]) -> list[str]:
                      m["more_fooled_by"][i]] for i, eps in enumerate(m["eps"])]
             out += [f"**{m['mode']}** ({m['checkpoint']}; clean {pct(m['clean'])}; {doc['n']} test images, "
                     f"k {basis['k']}, seed {doc['seed']})", "",
-                    md_table(["l2 eps", "on (eigen)", "off (eigen-off-l2)", "PGD-l2", "fools more"], rows), ""]
+                    md_table(["l2 eps", "on (eigen)", "off (eigen-off-l2)", "PGD-l2", "fools more (2 se)"], rows), ""]
     return out
 
 

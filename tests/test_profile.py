@@ -46,7 +46,10 @@ def test_profile_cells_are_the_attack_commands_numbers(models, tmp_path):
             got = {r["attack"]: r["accuracy"] for r in att["results"]}
             assert {n: model["curves"][n][i] for n in got} == got
             on, off = got["eigen"], got["eigen-off-l2"]
-            assert model["more_fooled_by"][i] == ("on" if on < off else "off" if off < on else "tie")
+            se = ((on * (1 - on) + off * (1 - off)) / doc["n"]) ** 0.5
+            assert model["difference_se"][i] == pytest.approx(se, rel=1e-12)
+            want = "neither" if abs(on - off) <= 2 * se else "on" if on < off else "off"
+            assert model["more_fooled_by"][i] == want
         assert (tmp_path / "figs" / f"{model['mode']}-profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         rows = [r for r in model["rows"] if r["attack"] == "eigen"]
         assert [r["eps"] for r in rows] == [1.0, 2.0] and all("subspace_share" in r for r in rows)
@@ -72,3 +75,11 @@ def test_spectrum_of_the_eigen_robust_set(models):
     assert "eigen-adv / eigen" in sets
     energy = [r["top_energy"] for r in doc["summary"] if r["set"] == "eigen-adv / eigen"]
     assert energy and min(energy) > 0.99
+
+
+def test_verdict_needs_two_standard_errors():
+    from manifoldadv.evaluation.profile import verdict
+
+    # 1000 examples at 90%: the standard error of the difference is about 1.3 pp
+    assert verdict(0.88, 0.90, 1000) == "neither" and verdict(0.86, 0.90, 1000) == "on"
+    assert verdict(0.90, 0.86, 1000) == "off" and verdict(0.5, 0.5, 10) == "neither"

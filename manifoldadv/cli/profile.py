@@ -20,7 +20,7 @@ from .common import checkpoints_dataset, dataset as load_data, eigenbasis
 
 def render(name: str, result: dict) -> Table:
     t = Table(title=f"{name}: accuracy against l2 budgets (clean {result['clean']:.2%})")
-    for col in ("eps", "on (eigen)", "off (eigen-off-l2)", "PGD-l2", "fools more"):
+    for col in ("eps", "on (eigen)", "off (eigen-off-l2)", "PGD-l2", "fools more (2 se)"):
         t.add_column(col, justify="right")
     for i, eps in enumerate(result["eps"]):
         t.add_row(f"{eps:g}", *(f"{result['curves'][n][i]:.2%}" for n in P.CURVES), result["more_fooled_by"][i])
@@ -42,7 +42,8 @@ def profile(
     plot_dir: Annotated[Optional[Path], typer.Option("--plot-dir", file_okay=False, help="Write one figure per model here: <checkpoint name>-profile.png.")] = None,
 ) -> None:
     """Each model's manifold robustness profile: accuracy under eigen (on the manifold),
-    eigen-off-l2 (off it) and PGD-l2 at each l2 budget, and which of on and off fools more.
+    eigen-off-l2 (off it) and PGD-l2 at each l2 budget, and which of on and off fools more (when
+    they differ by more than two standard errors; else neither).
 
     Example: manifoldadv profile runs/mnist-std.safetensors runs/mnist-eigen.safetensors --data-root DATA
     --examples 2000 --plot-dir figures

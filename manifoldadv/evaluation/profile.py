@@ -5,6 +5,7 @@ made measurable: at each eps, which of on and off fools the model more often."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..attacks import spec_for
@@ -35,15 +36,24 @@ def parse_grid(text: str | None, dataset: str) -> list[float]:
     return sorted(set(grid))
 
 
-def verdict(on: float, off: float) -> str:
-    """Which fools more at one eps: the attack leaving the lower accuracy."""
-    return "on" if on < off else "off" if off < on else "tie"
+def difference_se(on: float, off: float, n: int) -> float:
+    """The standard error of on - off for two accuracies over the same n examples, taken as if they
+    were independent (an upper bound when, as here, they are positively correlated)."""
+    return math.sqrt((on * (1 - on) + off * (1 - off)) / max(n, 1))
+
+
+def verdict(on: float, off: float, n: int) -> str:
+    """Which fools more at one eps: the attack leaving the lower accuracy, when the two differ by
+    more than two standard errors; else "neither" (within noise)."""
+    if abs(on - off) <= 2 * difference_se(on, off, n):
+        return "neither"
+    return "on" if on < off else "off"
 
 
 def profile(model, split, basis, grid, dataset: str, *, device, seed: int = 0, batch_size: int = 500,
             steps: int | None = None, restarts: int | None = None, label: str = "") -> dict:
-    """{"clean", "eps", "curves": {attack: [accuracy per eps]}, "more_fooled_by": [on|off|tie per
-    eps], "rows": every evaluation}."""
+    """{"clean", "eps", "curves": {attack: [accuracy per eps]}, "more_fooled_by": [on|off|neither
+    per eps, see verdict], "difference_se": [per eps], "rows": every evaluation}."""
     curves, rows = {name: [] for name in CURVES}, []
     for eps in grid:
         for name in CURVES:
@@ -52,9 +62,10 @@ def profile(model, split, basis, grid, dataset: str, *, device, seed: int = 0, b
                                   label=f"{label} / {name} eps {eps:g}")
             rows.append({"attack": name, **spec.as_dict(), **res})
             curves[name].append(res["accuracy"])
+    n = len(split)
     return {"clean": clean_accuracy(model, split, device=device, batch_size=batch_size), "eps": list(grid),
-            "curves": curves, "more_fooled_by": [verdict(a, b) for a, b in zip(curves[ON], curves[OFF])],
-            "rows": rows}
+            "curves": curves, "more_fooled_by": [verdict(a, b, n) for a, b in zip(curves[ON], curves[OFF])],
+            "difference_se": [difference_se(a, b, n) for a, b in zip(curves[ON], curves[OFF])], "rows": rows}
 
 
 def plot(path: Path, result: dict, title: str) -> None:
