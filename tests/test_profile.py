@@ -39,6 +39,10 @@ def test_profile_cells_are_the_attack_commands_numbers(models, tmp_path):
     doc = cli_json("profile", models / "std.safetensors", models / "eigen.safetensors", *SYN, "--eps-grid", "2,1",
                    "--steps", "3", "--plot-dir", tmp_path / "figs", "--seed", "3")
     assert doc["eps_grid"] == [1.0, 2.0] and doc["eigenbasis"]["k"] == 6 and doc["n"] == 300
+    # what made it: versions (the commit among them), each model's SHA-256, the test split's digest
+    assert "commit" in doc["versions"] and len(doc["test_digest"]) == 16
+    assert [m["sha256"] for m in doc["models"]] == [checkpoint.digest(models / f) for f in ("std.safetensors",
+                                                                                             "eigen.safetensors")]
     for model in doc["models"]:
         for i, eps in enumerate(doc["eps_grid"]):
             att = cli_json("attack", model["checkpoint"], "--attacks", "eigen,eigen-off-l2,l2", "--eigen-eps", eps,

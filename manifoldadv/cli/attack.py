@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..runtime import accel, console
+from ..evaluation.eigenbasis import split_digest
+from ..runtime import accel, console, versions
 from .. import checkpoint
 from ..attacks import ATTACKS, WORST, describe, needs, spec_for, worst_name
 from ..config import defaults
@@ -54,7 +55,8 @@ def run_matrix(paths, attack_names, ds, dev, *, cvae_model=None, cvae_path=None,
                 res = attack_accuracy(model, ds.test, spec, device=dev, batch_size=bs, cvae=cvae_model, basis=basis,
                                       seed=seed, label=f"{column_label(meta, Path(path))} / {name}")
             # the same row as `reproduce` keeps for each evaluation
-            row = {"checkpoint": str(path), "mode": meta.get("mode"), "attack": name, **spec.as_dict(), **res,
+            row = {"checkpoint": str(path), "sha256": checkpoint.digest(path), "mode": meta.get("mode"), "attack": name,
+                   **spec.as_dict(), **res,
                    **accel.record(precision, compiled)}
             if "cvae" in needs(name):
                 row["cvae"] = str(cvae_path)
@@ -132,6 +134,7 @@ def attack(
                       budgets=budgets, steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size,
                       seed=run.seed, precision=run.precision, compile=run.compile)
     if run.json_out:
-        console.emit_json({"dataset": data_name, "n": len(ds.test), "seed": run.seed, "results": rows})
+        console.emit_json({"dataset": data_name, "n": len(ds.test), "test_digest": split_digest(ds.test),
+                           "seed": run.seed, "versions": versions(), "results": rows})
         return
     console.out.print(render(rows, checkpoints))

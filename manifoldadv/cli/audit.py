@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..runtime import accel, console
+from ..runtime import accel, console, versions
 from .. import checkpoint
 from ..evaluation.audit import audit as run_audit, failed
 from ._app import app
@@ -74,6 +74,7 @@ def audit(
     any_failed = any(m["failed"] for m in models)
     if run.json_out:
         console.emit_json({"dataset": data_name, "examples": min(examples, len(ds.test)), "seed": run.seed,
+                           "versions": versions(),
                            "models": models, "failed": any_failed})
     else:
         console.out.print(render(models))

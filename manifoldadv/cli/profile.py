@@ -12,7 +12,8 @@ from rich.table import Table
 from .. import checkpoint
 from ..config import defaults
 from ..evaluation import profile as P
-from ..runtime import accel, console, outputs
+from ..evaluation.eigenbasis import split_digest
+from ..runtime import accel, console, outputs, versions
 from ._app import app
 from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Checkpoints, EigenK, Run, shared
 from .common import checkpoints_dataset, dataset as load_data, eigenbasis
@@ -65,7 +66,7 @@ def profile(
         with console.doing(f"while profiling {path}", "profile writes its figures at the end"):
             res = P.profile(model, test, found, grid, data_name, device=dev, seed=run.seed, batch_size=bs,
                             steps=steps, restarts=restarts, label=name)
-        results.append({"checkpoint": str(path), "mode": meta.get("mode"), **res})
+        results.append({"checkpoint": str(path), "sha256": checkpoint.digest(path), "mode": meta.get("mode"), **res})
     with outputs.together():
         for res, fig in zip(results, figures):
             P.plot(fig, res, f"{data_name} {res['mode'] or Path(res['checkpoint']).stem}: n {len(test)}, "
@@ -73,7 +74,8 @@ def profile(
     for fig in figures:
         console.log(f"wrote {fig}")
     if run.json_out:
-        console.emit_json({"dataset": data_name, "n": len(test), "seed": run.seed, "eps_grid": grid,
+        console.emit_json({"dataset": data_name, "n": len(test), "test_digest": split_digest(test), "seed": run.seed,
+                           "versions": versions(), "eps_grid": grid,
                            "eigenbasis": found.describe(), **accel.record(run.precision, compiled),
                            "models": results})
         return

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..runtime import accel, console, outputs
+from ..runtime import accel, console, outputs, versions
 from ..runtime.outputs import atomic_write_text
 from ..attacks import ATTACKS
 from ..errors import UsageError
@@ -112,7 +112,7 @@ def spectrum(
         if path is not None:
             console.log(f"wrote {path}")
     if run.json_out:
-        console.emit_json({"dataset": data_name, **accel.record(run.precision, compiled),
+        console.emit_json({"dataset": data_name, "versions": versions(), **accel.record(run.precision, compiled),
                            **to_json(sets, summary, cls, floor, top)})
         return
     if summary:
