@@ -6,7 +6,7 @@ data, no model, seconds.
 
     python experiments/eigen_summary.py --profile results/mnist-eigen/profile-*.json \
         --attack results/mnist-eigen/box.json --spectrum results/mnist-eigen/spectrum.json \
-        --out results/mnist-eigen/summary.md
+        --table2 results/mnist-eigen/table2-eigen.json --out results/mnist-eigen/summary.md
 """
 
 from __future__ import annotations
@@ -64,16 +64,33 @@ def spectrum_md(doc: dict) -> list[str]:
     return out
 
 
+def table2_md(doc: dict) -> list[str]:
+    """Table 2's regular-vs-eigenspace half from an `attack` document of PGD-adv, eigen-adv and
+    joint-eigen under pgd and eigen, with the joint model's drops."""
+    acc = {(r["mode"], r["attack"]): r["accuracy"] for r in doc["results"]}
+    models = ("pgd", "eigen", "joint-eigen")
+    rows = [[attack] + [pct(acc[(m, attack)]) for m in models] for attack in ("clean", "pgd", "eigen")
+            if all((m, attack) in acc for m in models)]
+    drops = {a: acc[(a, a)] - acc[("joint-eigen", a)] for a in ("pgd", "eigen")}
+    return [f"Accuracy on {doc['n']} test images (columns: PGD-adv, eigen-adv, joint (PGD+eigen)):", "",
+            md_table(["attack", "PGD-adv", "eigen-adv", "joint (PGD+eigen)"], rows), "",
+            f"The joint model loses {100 * drops['pgd']:+.1f} pp under PGD against PGD-adv and "
+            f"{100 * drops['eigen']:+.1f} pp under the eigen attack against eigen-adv (mean "
+            f"{50 * (drops['pgd'] + drops['eigen']):+.1f} pp).", ""]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", nargs="+", type=Path, required=True, help="`profile --json` documents")
     p.add_argument("--attack", type=Path, required=True, help="`attack --json` of the eigenspace attacks")
     p.add_argument("--spectrum", type=Path, required=True, help="`spectrum --json` with the eigen-robust set")
+    p.add_argument("--table2", type=Path, help="`attack --json` of pgd and eigen on PGD-adv, eigen-adv, joint-eigen")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     try:
         profiles = [json.loads(f.read_text()) for f in a.profile]
         attack, spectrum = json.loads(a.attack.read_text()), json.loads(a.spectrum.read_text())
+        table2 = json.loads(a.table2.read_text()) if a.table2 else None
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +98,8 @@ def main(argv=None) -> int:
              "## Robust accuracy against l2 budgets (`manifoldadv profile`)", "", *profile_md(profiles),
              "## What the box does", "", *box_md(attack),
              "## The eigen-robust set's spectrum (Figure 2)", "", *spectrum_md(spectrum)]
+    if table2 is not None:
+        lines += ["## Table 2: regular vs eigenspace", "", *table2_md(table2)]
     atomic_write_text(a.out, "\n".join(lines))
     return 0
 

@@ -38,7 +38,7 @@ def profile(
     basis: BasisFile = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Steps of every attack (default: each one's own: 10 for the eigenspace attacks, the data set's PGD steps for PGD-l2).")] = None,
     restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts of every attack (default 1).")] = None,
-    examples: Annotated[Optional[int], typer.Option("--examples", min=1, help="The first N test examples (default: all); the eigenbasis always comes from the whole training split.")] = None,
+    examples: Annotated[Optional[int], typer.Option("--examples", min=1, help="The first N test examples (default: all). Unlike --limit it leaves the training split, which the eigenbasis comes from, whole.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     plot_dir: Annotated[Optional[Path], typer.Option("--plot-dir", file_okay=False, help="Write one figure per model here: <checkpoint name>-profile.png.")] = None,
 ) -> None:
