@@ -58,10 +58,18 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def default_sigint():
+    """In the child: SIGINT back to its default. A shell's background job starts with SIGINT
+    ignored, the children inherit that and Python then installs no KeyboardInterrupt handler: the
+    tests would measure the shell, not the program."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def child(args, **env):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env.items()}}
     return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=full_env, cwd=Path(__file__).resolve().parents[1])
+                            stderr=subprocess.PIPE, text=True, env=full_env, cwd=Path(__file__).resolve().parents[1],
+                            preexec_fn=default_sigint)
 
 
 def weights(path):
@@ -134,7 +142,7 @@ def test_an_interrupt_while_starting_is_one_line(tmp_path, sig, code):
     """The first seconds go to importing torch: an interrupt there is answered too."""
     script = "print('UP', flush=True)\nimport sys\nsys.argv = ['manifoldadv', 'info']\nfrom manifoldadv.entry import main\nmain()"
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[1], preexec_fn=default_sigint)
     wait_for(p, "UP")
     time.sleep(0.5)  # past the few milliseconds of importing the entry point, inside torch's seconds
     p.send_signal(sig)
