@@ -151,7 +151,7 @@ def test_cifar10_end_to_end_on_generated_batches(tmp_path):
     # than 200 examples per class, which four per class are not
     write_fake_cifar(tmp_path / "more", per_batch=40)  # about 20 training examples per class
     eig = cli_json("attack", tmp_path / "c.safetensors", "--attacks", "eigen,eigen-off", "--k", "3",
-                   "--data-root", tmp_path / "more", "--steps", "2")
+                   "--data-root", tmp_path / "more", "--steps", "1", "--batch-size", "40")
     by = {r["attack"]: r for r in eig["results"]}
     assert by["eigen"]["eps"] == pytest.approx(0.5) and by["eigen-off"]["eps"] == pytest.approx(4 / 255)
     assert by["eigen"]["eigenbasis"]["k"] == 3 and 0 < by["eigen"]["subspace_share"] <= 1 + 1e-6

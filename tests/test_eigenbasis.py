@@ -19,7 +19,10 @@ def basis(train):
     return E.compute(train, 10, 6, dataset="synthetic")
 
 
-def test_basis_is_numpys_eigh_of_the_float64_class_covariance(train, basis):
+@pytest.mark.parametrize("gram", [None, True, False], ids=["auto", "gram", "covariance"])
+def test_basis_is_numpys_eigh_of_the_float64_class_covariance(train, basis, gram):
+    if gram is not None:
+        basis = E.compute(train, 10, 6, dataset="synthetic", gram=gram)
     x = train.x.reshape(len(train), -1).double().numpy()
     y = train.y.numpy()
     for c in range(10):
