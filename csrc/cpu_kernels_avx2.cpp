@@ -7,3 +7,5 @@
 #error "cpu_kernels_avx2.cpp must be compiled with -mavx2 -mfma -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2"
 #endif
 #include "pgd_step_kernel.h"
+#include "attack_engine_kernel.h"
+#include "cpu_kernel_table.h"

@@ -3,3 +3,5 @@
 #define CPU_CAPABILITY DEFAULT
 #endif
 #include "pgd_step_kernel.h"
+#include "attack_engine_kernel.h"
+#include "cpu_kernel_table.h"

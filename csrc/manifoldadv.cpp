@@ -91,4 +91,10 @@ TORCH_LIBRARY(manifoldadv, m) {
       "class_cov_update_(Tensor(a!) counts, Tensor(b!) means, Tensor(c!) m2, "
       "Tensor features, Tensor labels) -> ()");
   m.def("class_cov_finalize(Tensor counts, Tensor m2) -> Tensor");
+  m.def(
+      "fused_attack(Tensor x0, Tensor y, Tensor x, Tensor[] params, int[] layers, int steps, "
+      "float step, float eps, str norm, float lo, float hi, float l1_quantile, bool logits) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "attack_input_grad(Tensor x, Tensor y, Tensor[] params, int[] layers) -> (Tensor, Tensor)");
 }

@@ -32,10 +32,14 @@ const Kernels& pick_kernels() {
   return DEFAULT::kernels();
 }
 
+}  // namespace
+
 const Kernels& active_kernels() {
   static const Kernels& k = pick_kernels();
   return k;
 }
+
+namespace {
 
 void check_step_args(const char* op, const at::Tensor& x, const at::Tensor& x0,
                      const at::Tensor& grad, double step, double eps, double lo, double hi,
@@ -69,18 +73,7 @@ void run_step(StepArgs a, Norm norm) {
     }
     case Norm::L2: {
       auto finish = [&](const L2Sums& s, float& inv_gn, float& scale, bool& nan) {
-        // ||d + step*g/||g|| ||^2 from the three sums of the read pass.
-        nan = !std::isfinite(s.dd);
-        const double gn = std::sqrt(s.gg);
-        double dn2 = s.dd;
-        double inv = 0.0;
-        if (gn > 0.0) {
-          inv = 1.0 / gn;
-          dn2 += 2.0 * a.step * s.dg * inv + a.step * a.step * (s.gg * inv * inv);
-        }
-        const double dn = std::sqrt(std::max(dn2, 0.0));
-        inv_gn = static_cast<float>(inv);
-        scale = dn > a.eps ? static_cast<float>(a.eps / dn) : 1.0f;
+        l2_factors(s, a.step, a.eps, inv_gn, scale, nan);
       };
       const int64_t threads = at::get_num_threads();
       if (B >= 2 * threads || n < 4 * kGrainElems) {

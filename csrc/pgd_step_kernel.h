@@ -496,16 +496,4 @@ void l1_samples(const StepArgs& args, int64_t b0, int64_t b1) {
 }
 
 }  // namespace
-
-const Kernels& kernels() {
-  static const Kernels table{
-#if defined(CPU_CAPABILITY_AVX2)
-      "avx2",
-#else
-      "default",
-#endif
-      &linf_range, &l2_sums, &l2_write, &l1_samples};
-  return table;
-}
-
 }  // namespace manifoldadv::cpu::CPU_CAPABILITY

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "manifoldadv"
 
 def test_no_mode_name_compared_outside_the_registry():
     """Rules about modes live in modes.py: nowhere else compares a mode's name."""
-    pattern = re.compile(r"mode (==|!=|in \(|not in \()")
+    pattern = re.compile(r"\bmode (==|!=|in \(|not in \()")  # a mode, not padding_mode
     found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py") if p.name != "modes.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []

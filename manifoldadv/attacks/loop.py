@@ -5,8 +5,9 @@ size eps from x0 with no random start; the latent attack runs that loop on z = I
 and decodes G_y(z'). Two l1 attacks go beyond gradients, because l-inf training masks the l1
 gradient on MNIST (see `pointwise.py`): `pointwise`, gradient-free, and `l1-worst`, per sample
 the worst case of SLIDE (`l1`) and `pointwise` (run on the samples SLIDE leaves). Every step is
-`manifoldadv.ops.pgd_step_` (the fused kernel when built). Attacks put the model (and CVAE) in
-eval mode with frozen parameters and restore both afterwards.
+`manifoldadv.ops.pgd_step_` (the fused kernel when built); on the CPU a regular attack on a small
+convolutional classifier runs all its steps in the fused engine instead (`fused.py`). Attacks
+put the model (and CVAE) in eval mode with frozen parameters and restore both afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from . import eigen, external
+from . import eigen, external, fused
 from .. import ops
 from ..errors import UsageError
 from ..runtime import distributed
@@ -81,20 +82,29 @@ def descend(loss_fn, x: torch.Tensor, x0: torch.Tensor, spec: AttackSpec, lo: fl
 
 
 def maximize(loss_fn, x0: torch.Tensor, spec: AttackSpec, *, lo: float = 0.0, hi: float = 1.0,
-             generator: torch.Generator | None = None, fooled=None, shard=None) -> torch.Tensor:
+             generator: torch.Generator | None = None, fooled=None, shard=None, engine=None) -> torch.Tensor:
     """The one projected-gradient loop: maximise per-sample `loss_fn` around x0 within spec's
     ball ∩ [lo, hi]. With several restarts each sample keeps a restart that fools the model
     (`fooled(x)`, per sample) when one does, else the one of highest final loss: the highest loss
-    is not always the misclassified point, and an evaluation counts misclassifications."""
+    is not always the misclassified point, and an evaluation counts misclassifications.
+
+    engine: fused.runner's function, which runs the steps from a start and gives the final loss
+    and fooled flags itself (the starts are drawn here either way: same generator, same draws)."""
     x0 = x0.detach()
     best, best_loss = None, None
     for _ in range(spec.restarts):
-        x = descend(loss_fn, start(x0, spec, lo, hi, generator, shard), x0, spec, lo, hi)
-        if spec.restarts == 1:
-            return x
-        with torch.no_grad():
-            final = loss_fn(x)
-            wins = fooled(x) if fooled is not None else torch.zeros_like(final, dtype=torch.bool)
+        x = start(x0, spec, lo, hi, generator, shard)
+        if engine is not None:
+            x, final, wins = engine(x, spec.restarts > 1)
+            if spec.restarts == 1:
+                return x
+        else:
+            x = descend(loss_fn, x, x0, spec, lo, hi)
+            if spec.restarts == 1:
+                return x
+            with torch.no_grad():
+                final = loss_fn(x)
+                wins = fooled(x) if fooled is not None else torch.zeros_like(final, dtype=torch.bool)
         if best is None:
             best, best_loss, best_wins = x, final, wins
         else:
@@ -137,7 +147,8 @@ def perturb(model, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, cvae=N
                                 record=record)
         if k.space == "input":
             return maximize(cross_entropy(model, y), x, spec, lo=0.0, hi=1.0, generator=generator,
-                            fooled=lambda inp: model(inp).argmax(1) != y, shard=shard)
+                            fooled=lambda inp: model(inp).argmax(1) != y, shard=shard,
+                            engine=fused.runner(model, x, y, spec, 0.0, 1.0))
         z0, z = latent_search(model, cvae, x, y, spec, generator=generator, shard=shard)
         with torch.no_grad():
             if record is not None:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..runtime import console
 from .. import ops
+from ..attacks import fused
 from ..runtime import versions
 from ._app import app
 from ._options import Run, shared
@@ -32,6 +33,7 @@ def collect() -> dict:
         # which CUDA l2 pgd_step kernel runs (csrc/cuda/pgd_step.cu): the two-pass one, or registers
         "cuda_l2_kernel": os.environ.get("MANIFOLDADV_CUDA_L2") or "block",
         "cpu_covariance_blas": ops.cpu_blas(),
+        "attack_engine": fused.status(),
         "devices": devices,
         "cuda_available": torch.cuda.is_available(),
     }
@@ -62,5 +64,12 @@ def info(run: Run) -> None:
     if ext["built_with_cuda"]:
         console.out.print(f"CUDA l2 pgd_step kernel: {data['cuda_l2_kernel']} (MANIFOLDADV_CUDA_L2)")
     console.out.print(f"CPU covariance products: {data['cpu_covariance_blas']}")
+    eng = data["attack_engine"]
+    if eng["attacks"]:
+        console.out.print(f"fused attack engine (CPU): {', '.join(eng['attacks'])} on {eng['models']}; "
+                          f"{eng['env']}=0 turns it off")
+    else:
+        why = "not built" if not eng["compiled"] else f"off ({eng['env']}=0)"
+        console.out.print(f"fused attack engine (CPU): {why}; attacks run eagerly")
     for d in data["devices"]:
         console.out.print("device: " + ", ".join(f"{k}={val}" for k, val in d.items()))

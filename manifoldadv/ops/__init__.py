@@ -1,4 +1,5 @@
-"""The toolkit's two hot ops: the fused PGD step and per-class covariance accumulation.
+"""The toolkit's hot ops: the fused PGD step, per-class covariance accumulation and the fused
+attack engine (`attack_engine`: K attack steps on a small convolutional network).
 
 Public API (attacks, training and `spectrum` call only this):
 
@@ -15,6 +16,10 @@ from .covariance import ClassCovariance, class_cov_finalize_reference, class_cov
 from .extension import (CPU_BLAS_CHOICES, CPU_BLAS_ENV, EXTENSION_ERROR, REQUIRE_EXT_ENV, backends, cpu_blas,
                         cpu_kernel_isa, extension_loaded, require_extension, use_cpu_blas)
 from .pgd import NORMS, l1_topk, pgd_step, pgd_step_, pgd_step_reference
+from . import attack_engine
+
+if extension_loaded():
+    attack_engine.register_fakes()
 
 __all__ = [
     "CPU_BLAS_CHOICES", "CPU_BLAS_ENV", "ClassCovariance", "EXTENSION_ERROR", "NORMS", "REQUIRE_EXT_ENV", "backends",

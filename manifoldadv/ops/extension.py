@@ -149,7 +149,8 @@ def cpu_blas() -> str:
 
 def backends(device_types=("cpu", "cuda")) -> dict[str, dict[str, str]]:
     """Which implementation each op uses per device type: 'compiled' or 'reference'."""
-    ops = {"pgd_step": "pgd_step", "pgd_step_": "pgd_step_", "class_cov": "class_cov_update_"}
+    ops = {"pgd_step": "pgd_step", "pgd_step_": "pgd_step_", "class_cov": "class_cov_update_",
+           "fused_attack": "fused_attack"}
     return {
         name: {dev: ("compiled" if has_kernel(op, dev) else "reference") for dev in device_types}
         for name, op in ops.items()
