@@ -8,6 +8,10 @@ the byte limit: a preallocated 3-read-1-write torch.addcmul(x, x0, g, out=o) of 
 Per-class covariance (10 classes, 60k rows, d = 784 and 3072): the fused op (update + finalize)
 against a float64 per-class numpy np.cov loop and numpy's float64 X.T @ X over the same rows.
 
+Attacks (`--only attack`): a PGD-40 attack on LeNet5 through the fused engine, the eager path
+and torchattacks (bench/benchmarks/attack.py), and MNIST PGD-adv training with the engine on
+and off.
+
 End to end (`--only train`): adversarial-training throughput (images/s through PGD-K, batch
 128) of LeNet5 on MNIST-shaped and ResNet32 on CIFAR-shaped (augmented) data, the training loop
 (`manifoldadv.training.train_epoch`) against the loop it replaced (bench/legacy_loop.py).
@@ -51,7 +55,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmarks import common, kernels, report, train  # noqa: E402
+from benchmarks import attack, common, kernels, report, train  # noqa: E402
 from manifoldadv import ops  # noqa: E402
 
 SIZES = [(128, 1, 28, 28), (1024, 1, 28, 28), (256, 3, 32, 32), (1024, 3, 32, 32)]
@@ -93,7 +97,7 @@ def main(argv=None):
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller covariance (smoke test)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    p.add_argument("--only", choices=["pgd", "cov", "train"], help="run one part")
+    p.add_argument("--only", choices=["pgd", "cov", "train", "attack"], help="run one part")
     p.add_argument("--threads", type=int, help="torch / BLAS threads (default: torch's default)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time (default) or process CPU time (only meaningful with --threads 1)")
@@ -118,7 +122,7 @@ def main(argv=None):
     t0 = time.time()
     res = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "clock": a.clock,
            "command": " ".join([Path(sys.executable).name] + sys.argv), "pgd_step": [], "threads": [],
-           "covariance": [], "train": []}
+           "covariance": [], "train": [], "attack": [], "train_engine": []}
     sizes = SIZES[:1] + SIZES[-1:] if a.quick else SIZES
     # The covariance half first, while the process holds nothing but its imports: its variants
     # allocate 1.5-2.2 GB of fresh memory per call, and what that costs depends on what else holds
@@ -133,6 +137,9 @@ def main(argv=None):
             res["threads"] = kernels.bench_threads_cpu(list(kernels.NORMS), SIZES[-1], quick=a.quick, log=log)
     if a.only in (None, "train"):
         res["train"] = train.bench_train_cpu(quick=a.quick, log=log)
+    if a.only in (None, "attack"):
+        res["attack"] = attack.bench_attack_cpu(quick=a.quick, log=log)
+        res["train_engine"] = attack.bench_train_engine_cpu(quick=a.quick, log=log)
     res["targets"] = report.cpu_targets(res)
     res["loadavg_end"] = os.getloadavg()
     res["seconds"] = time.time() - t0

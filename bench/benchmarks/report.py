@@ -39,6 +39,12 @@ def cpu_targets(res):
                     "worst": r["new_over_old"], "met": r["new_over_old"] >= 0.95})
         out.append({"target": f"training loop {r['model']}: same weights as the old loop",
                     "worst": float(r["identical_weights"]), "met": r["identical_weights"]})
+    for r in res.get("attack", []):
+        out.append({"target": f"PGD-{r['steps']} LeNet5 batch {r['batch']}: fused >= 2.5x the eager path",
+                    "worst": r["fused_over_eager"], "met": r["fused_over_eager"] >= 2.5})
+        if r.get("fused_over_torchattacks") is not None:
+            out.append({"target": f"PGD-{r['steps']} LeNet5 batch {r['batch']}: fused >= 2x torchattacks' PGD",
+                        "worst": r["fused_over_torchattacks"], "met": r["fused_over_torchattacks"] >= 2.0})
     for r in res["pgd_step"]:
         if r["norm"] == "l1":
             out.append({"target": f"l1 exact to 1e-6 at {fmt_shape(r['shape'])}",
@@ -72,6 +78,20 @@ def _train_cells(r, markdown):
             f"{ips['new']:.1f}", f"{r['new_over_old']:.3f}", str(r["identical_weights"])]
 
 
+def _attack_cells(r, markdown):
+    ips = r["images_per_s"]
+    ta = ips.get("torchattacks")
+    return [str(r["batch"]), f"{ips['fused']:.0f}", f"{ips['eager']:.0f}", f"{ta:.0f}" if ta else "n/a",
+            f"{r['fused_over_eager']:.2f}", f"{r['fused_over_torchattacks']:.2f}" if ta else "n/a",
+            f"{r['fused_gflops']:.1f}", f"{100 * r['fraction_of_peak']:.0f}% of {r['peak_gflops']:.0f}"]
+
+
+def _train_engine_cells(r, markdown):
+    ips, ep = r["images_per_s"], r["epoch_s"]
+    return [str(r["attack_steps"]), f"{ips['eager']:.0f}", f"{ips['fused']:.0f}", f"{ep['eager']:.0f}",
+            f"{ep['fused']:.0f}", f"{r['fused_over_eager']:.2f}"]
+
+
 CPU_TABLES = [  # (results key, terminal title, terminal columns, Markdown columns, cells(row, markdown))
     ("pgd_step", "pgd_step (ms per call, median; ratios within this run)",
      ["norm", "shape", "fused", "in place", "eager", "compiled", "limit", "x eager", "x compiled", "fused/limit",
@@ -88,6 +108,14 @@ CPU_TABLES = [  # (results key, terminal title, terminal columns, Markdown colum
      ["model", "PGD steps", "images", "augment", "old loop", "new loop", "new/old", "same weights"],
      ["model", "PGD steps", "images", "augment", "old loop images/s", "new loop images/s", "new/old", "same weights"],
      _train_cells),
+    ("attack", "PGD-40 attack on LeNet5, MNIST shape (images/s, median; ratios within this run)",
+     ["batch", "fused", "eager", "torchattacks", "fused/eager", "fused/torchattacks", "fused GFLOP/s", "of peak"],
+     ["batch", "fused images/s", "eager images/s", "torchattacks images/s", "fused/eager", "fused/torchattacks",
+      "fused GFLOP/s", "of fp32 peak"], _attack_cells),
+    ("train_engine", "MNIST PGD-adv training, LeNet5, batch 128: engine off (eager) and on",
+     ["PGD steps", "eager images/s", "fused images/s", "eager s/epoch", "fused s/epoch", "fused/eager"],
+     ["PGD steps", "eager images/s", "fused images/s", "eager s/epoch (60k)", "fused s/epoch (60k)", "fused/eager"],
+     _train_engine_cells),
 ]
 
 
