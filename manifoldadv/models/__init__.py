@@ -20,21 +20,30 @@ from ..errors import UsageError
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # "classifier" or "cvae"
+    kind: str  # "classifier" or "cvae" (a generator)
     builder: Callable[..., nn.Module]
     description: str
+    closed_form: bool = False  # a generator fitted in one pass (ppca), not trained by gradient steps
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, kind: str = "classifier", description: str = ""):
+def register(name: str, *, kind: str = "classifier", description: str = "", closed_form: bool = False):
     """Add a model builder under `name` (the data sets' default models are in config.py)."""
     def deco(builder):
-        _REGISTRY[name] = ModelSpec(name, kind, builder, description)
+        _REGISTRY[name] = ModelSpec(name, kind, builder, description, closed_form)
         return builder
 
     return deco
+
+
+def default_kwargs(name: str) -> dict:
+    """The keyword defaults of `name`'s builder (what a run records when it overrides none)."""
+    import inspect
+
+    params = inspect.signature(spec(name).builder).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def available(kind: str | None = None) -> list[str]:
@@ -102,4 +111,4 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import cvae, lenet, mlp, resnet  # noqa: E402,F401  (registration)
+from . import cvae, lenet, mlp, ppca, resnet  # noqa: E402,F401  (registration)

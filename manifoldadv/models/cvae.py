@@ -23,12 +23,21 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 class CVAE(nn.Module):
-    def __init__(self, in_shape, num_classes: int, latent: int, likelihood: str = "bernoulli", sigma: float = 0.05):
+    """free_bits: the training objective counts each example's KL per latent dimension as at
+    least this many nats (Kingma et al. 2016, per example), so no pressure pushes a dimension's
+    KL below it and fewer units collapse; reported -ELBOs are the true ones."""
+
+    closed_form = False  # PPCA (ppca.py) is fitted, not trained
+
+    def __init__(self, in_shape, num_classes: int, latent: int, likelihood: str = "bernoulli", sigma: float = 0.05,
+                 free_bits: float = 0.0):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if not free_bits >= 0:
+            raise ValueError(f"free_bits must be >= 0, got {free_bits}")
         self.in_shape, self.num_classes, self.latent = tuple(in_shape), num_classes, latent
-        self.likelihood, self.sigma = likelihood, float(sigma)
+        self.likelihood, self.sigma, self.free_bits = likelihood, float(sigma), float(free_bits)
 
     def onehot(self, y):
         return F.one_hot(y, self.num_classes).float()
@@ -46,10 +55,12 @@ class CVAE(nn.Module):
     def decode_mean(self, z, y):
         return torch.sigmoid(self.decode_logits(z, y))
 
-    def negative_elbo(self, x, y, generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+    def negative_elbo(self, x, y, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                      *, objective: bool = False):
         """Per-sample -ELBO in nats: reconstruction (Bernoulli, or Gaussian with fixed sigma around
         the sigmoid mean) + KL(q(z|x,y) || N(0, I)). Also returns the per-sample squared error.
-        noise: the reparameterisation's N(0, I) draws (default: from `generator`)."""
+        noise: the reparameterisation's N(0, I) draws (default: from `generator`). objective: the
+        training loss instead, whose KL per dimension is at least free_bits."""
         mu, logvar = self.encode(x, y)
         eps = noise if noise is not None else torch.randn(mu.shape, generator=generator, device=mu.device,
                                                           dtype=mu.dtype)
@@ -61,12 +72,14 @@ class CVAE(nn.Module):
         else:
             d = x[0].numel()
             rec = sq / (2 * self.sigma**2) + d * math.log(self.sigma * math.sqrt(2 * math.pi))
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-        return rec + kl, sq.detach()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+        if objective and self.free_bits > 0:
+            kl = kl.clamp_min(self.free_bits)
+        return rec + kl.sum(1), sq.detach()
 
 
 class MLPCVAE(CVAE):
-    def __init__(self, in_shape, num_classes, latent=10, hidden=256, **lik):
+    def __init__(self, in_shape, num_classes, latent=10, hidden=256, **lik):  # lik: likelihood, sigma, free_bits
         super().__init__(in_shape, num_classes, latent, **lik)
         d = math.prod(in_shape)
         self.enc = nn.Sequential(nn.Linear(d + num_classes, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent))
@@ -119,11 +132,18 @@ class ConvCVAE(CVAE):
 
 @register("cvae-mlp", kind="cvae", description="conditional VAE, 2-layer MLP encoder/decoder (hidden 256)")
 def cvae_mlp(*, in_shape, num_classes, latent: int = 10, hidden: int = 256, likelihood: str = "bernoulli",
-             sigma: float = 0.05):
-    return MLPCVAE(in_shape, num_classes, latent, hidden, likelihood=likelihood, sigma=sigma)
+             sigma: float = 0.05, free_bits: float = 0.0):
+    return MLPCVAE(in_shape, num_classes, latent, hidden, likelihood=likelihood, sigma=sigma, free_bits=free_bits)
+
+
+@register("cvae-gauss", kind="cvae",
+          description="cvae-mlp set to keep the manifold: Gaussian likelihood (sigma 0.1), latent 32, free bits 0.5")
+def cvae_gauss(*, in_shape, num_classes, latent: int = 32, hidden: int = 256, likelihood: str = "gaussian",
+               sigma: float = 0.1, free_bits: float = 0.5):
+    return MLPCVAE(in_shape, num_classes, latent, hidden, likelihood=likelihood, sigma=sigma, free_bits=free_bits)
 
 
 @register("cvae-cnn", kind="cvae", description="conditional VAE, 4-layer conv encoder/decoder")
 def cvae_cnn(*, in_shape, num_classes, latent: int = 128, width: int = 32, likelihood: str = "bernoulli",
-             sigma: float = 0.05):
-    return ConvCVAE(in_shape, num_classes, latent, width, likelihood=likelihood, sigma=sigma)
+             sigma: float = 0.05, free_bits: float = 0.0):
+    return ConvCVAE(in_shape, num_classes, latent, width, likelihood=likelihood, sigma=sigma, free_bits=free_bits)

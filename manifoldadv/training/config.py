@@ -112,11 +112,17 @@ def resolve_config(
         model = _given(model, cd.model)
         if models.spec(model).kind != "cvae":
             raise UsageError(f"mode {m.name} needs a CVAE model ({', '.join(models.available('cvae'))}), got {model!r}")
+        # the data set's CVAE takes its settings from config.py; another generator its builder's defaults
+        kwargs = ({"latent": _given(latent, cd.latent), **cd.extra} if model == cd.model else
+                  {**models.default_kwargs(model), "latent": _given(latent, models.default_kwargs(model)["latent"])})
+        closed = models.spec(model).closed_form
+        if closed and epochs not in (None, 1):
+            raise UsageError(f"{model} is fitted in closed form in one pass; --epochs does not apply")
         return TrainConfig(
-            data=data, mode=m.name, model=model, epochs=_given(epochs, cd.epochs), adv_start=0,
+            data=data, mode=m.name, model=model, epochs=1 if closed else _given(epochs, cd.epochs), adv_start=0,
             batch_size=_given(batch_size, cd.batch_size), lr=_given(lr, cd.lr),
             weight_decay=_given(weight_decay, 0.0), seed=seed, limit=limit, augment=False,
-            model_kwargs={"latent": _given(latent, cd.latent), **cd.extra},
+            model_kwargs=kwargs,
         )
     model = _given(model, d.model)
     if models.spec(model).kind != "classifier":

@@ -150,7 +150,8 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     torch.manual_seed(cfg.seed)
     model = models.create(cfg.model, in_shape=dataset.shape, num_classes=dataset.num_classes,
                           mean=dataset.mean, std=dataset.std, **cfg.model_kwargs).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    closed_form = getattr(model, "closed_form", False)  # fitted in one pass (ppca): no optimizer, no steps
+    opt = None if closed_form else torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history, finished, ck = 0, [], None, None
     if out.exists() and resume:
         ck = checkpoint.load(out, kind=objective.kind)
@@ -168,7 +169,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
         try:
             model.load_state_dict(ck.state_dict())
             opt_state = ck.optimizer_state()
-            if opt_state is not None:
+            if opt_state is not None and opt is not None:
                 opt.load_state_dict(opt_state)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -180,7 +181,7 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
     if objective.kind == "classifier":
         net = accel.prepare(model, precision=cfg.precision, compile=compiled, device=device)
         objective.graphs = graphed.AttackGraphs(model) if attack_graphs else None
-    outer = _outer(model, objective, device, sync_bn) if world > 1 else None
+    outer = _outer(model, objective, device, sync_bn) if world > 1 and not closed_form else None
     train_split, test_split = loader.place(dataset.train, device), loader.place(dataset.test, device)
     meta = None
     with console.progress() as bar:
@@ -192,8 +193,11 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device, out: Path, resume: bool
             kept = (f"epoch {epoch} is saved in {out}; rerun with --resume to continue from it" if epoch else
                     f"nothing of {out} is saved yet")
             with console.doing(f"in epoch {epoch + 1}/{cfg.epochs} of training {out}", kept):
-                train_loss, train_accuracy = train_epoch(net, opt, objective, train_split, cfg, epoch, device,
-                                                         outer=outer, bar=bar, task=task)
+                if closed_form:  # every process fits the same model to the same (whole) split
+                    train_loss, train_accuracy = model.fit(train_split, device), None
+                else:
+                    train_loss, train_accuracy = train_epoch(net, opt, objective, train_split, cfg, epoch, device,
+                                                             outer=outer, bar=bar, task=task)
             bar.remove_task(task)
             if not (math.isfinite(train_loss) and all_finite(model)):
                 last = f"epoch {epoch} in {out} is the last finite checkpoint" if epoch else "nothing was saved"

@@ -76,7 +76,7 @@ class Elbo(torch.nn.Module):
         self.cvae = cvae
 
     def forward(self, x, y, noise):
-        return self.cvae.negative_elbo(x, y, noise=noise)[0]
+        return self.cvae.negative_elbo(x, y, noise=noise, objective=True)[0]
 
 
 class CVAEObjective:
@@ -84,8 +84,8 @@ class CVAEObjective:
 
     def loss(self, net, x, y, epoch, gen, progress: float = 1.0, *, outer=None, shard=None):
         noise = distributed.draw(torch.randn, (len(x), net.latent), shard, generator=gen, device=x.device)
-        nelbo = (outer if outer is not None else Elbo(net))(x, y, noise)
-        return mean(nelbo, shard), None
+        loss = (outer if outer is not None else Elbo(net))(x, y, noise)
+        return mean(loss, shard), None
 
     def evaluate(self, model, test: Split, device) -> dict:
         return cvae_test_metrics(model, test, device)
@@ -96,13 +96,29 @@ def cvae_test_metrics(model, test: Split, device, batch_size: int = 1000, seed: 
     was = model.training
     model.eval()
     tot = torch.zeros(2, dtype=torch.float64, device=device)
+    z1 = torch.zeros(model.latent, dtype=torch.float64, device=device)
+    z2 = torch.zeros_like(z1)
     n = len(test)
     with torch.no_grad():
         for k, x, y in loader.dealt(loader.place(test, device), batch_size, device):
             nelbo, _ = model.negative_elbo(x, y, generator=batch_generator(device, seed, k))
-            rec = model.decode_mean(model.encode_mean(x, y), y)
+            mu = model.encode_mean(x, y)
+            rec = model.decode_mean(mu, y)
             tot += torch.stack([nelbo.sum().double(), (rec - x).pow(2).sum().double()])
+            z1 += mu.double().sum(0)
+            z2 += mu.double().pow(2).sum(0)
     model.train(was)
-    distributed.all_reduce_(tot)
+    for t in (tot, z1, z2):
+        distributed.all_reduce_(t)
     dim = test.x[0].numel()
-    return {"test_nelbo": float(tot[0]) / n, "test_recon_mse": float(tot[1]) / (n * dim)}
+    return {"test_nelbo": float(tot[0]) / n, "test_recon_mse": float(tot[1]) / (n * dim),
+            "active_units": active_units(z1, z2, n)}
+
+
+ACTIVE_VARIANCE = 0.01  # Burda et al. 2016: a unit whose posterior mean varies less is inactive
+
+
+def active_units(sum_mu: torch.Tensor, sum_mu2: torch.Tensor, n: int) -> int:
+    """How many latent dimensions' posterior means vary across inputs by more than 0.01 (variance)."""
+    var = sum_mu2 / n - (sum_mu / n).pow(2)
+    return int((var > ACTIVE_VARIANCE).sum())
