@@ -5,18 +5,19 @@ the spectrum (issue 30, items 1-2):
         --out results/mnist-generators/generators.json [--generators cvae-mlp,cvae-gauss,ppca]
 
 Per generator (the study's Bernoulli `cvae-mlp` with latent 10, `cvae-gauss`, `ppca`): fit or
-train it (config defaults: 20 epochs for the CVAEs, seed 0; one closed-form pass for ppca), then
+train it (config defaults: 20 epochs for the CVAEs, --seed; one closed-form pass for ppca), then
 on the 10000 test images: test -ELBO, reconstruction MSE, active units, and how much of each
 class's clean top-5/10/30 eigen-variance its reconstructions keep (evaluation/generator.py: the
 spectrum ratio and the share kept along the clean eigen-directions). Then a VAE-adv LeNet5
-trained with that generator (the paper's schedule: 30 epochs, adversarial from 10, seed 0) and
+trained with that generator (the paper's schedule: 30 epochs, adversarial from 10, --seed) and
 its Figure 2 ratios: the latent FGSM against it, as the study's VAE-robust set, top-30 and tail
 against the clean set and against the reconstructions.
 
 Latent budgets: the latent FGSM moves every coordinate by eps, so its latent step grows like
 sqrt(latent size); each generator's eps is the paper's 1 (for its 10-d latent) times
 sqrt(10 / latent), the same l2 length of latent step in units of the prior's spread.
-Resumable: every checkpoint is kept in --run-dir and reused when complete.
+Resumable: every checkpoint is kept in --run-dir and reused when complete. --seed N (default 0)
+trains everything with another seed (checkpoints named ...-sN).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--generators", default=",".join(GENERATORS))
     p.add_argument("--no-classifier", action="store_true", help="generator metrics only (no VAE-adv training)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every generator and classifier (default 0)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    tag = "" if a.seed == 0 else f"-s{a.seed}"
     dev = torch.device(a.device)
     ds = data.load_mnist(data.data_root(a.data_root))
     classes = list(range(10))
@@ -65,11 +68,11 @@ def main(argv=None) -> None:
     counts, _, covs = spectrum.accumulate(ds.test, classes, device=dev)
     clean = spectrum.SetSpectrum("clean", None, "none", counts.cpu().numpy(), spectrum.class_spectra(counts, covs, classes))
     res = json.loads(a.out.read_text()) if a.out.exists() else {}
-    res.update(versions=versions(), test_images=len(ds.test))
+    res.update(versions=versions(), test_images=len(ds.test), seed=a.seed)
     for name in a.generators.split(","):
         t0 = time.perf_counter()
-        cfg = training.resolve_config("mnist", "cvae", model=name, seed=0)
-        path = a.run_dir / f"mnist-{name}.safetensors"
+        cfg = training.resolve_config("mnist", "cvae", model=name, seed=a.seed)
+        path = a.run_dir / f"mnist-{name}{tag}.safetensors"
         training.ensure_trained(cfg, ds, device=dev, out=path)
         g, meta = checkpoint.load_model(path, kind="cvae", device=dev)
         g.eval()
@@ -79,8 +82,8 @@ def main(argv=None) -> None:
         row["latent_eps"] = latent_eps(g.latent)
         print(name, {k: v for k, v in row.items() if not k.endswith("per_class")}, flush=True)
         if not a.no_classifier:
-            vcfg = training.resolve_config("mnist", "vae", seed=0, budgets={"latent": row["latent_eps"]})
-            vpath = a.run_dir / f"mnist-vae-{name}.safetensors"
+            vcfg = training.resolve_config("mnist", "vae", seed=a.seed, budgets={"latent": row["latent_eps"]})
+            vpath = a.run_dir / f"mnist-vae-{name}{tag}.safetensors"
             vcfg, g2 = training.with_cvae(vcfg, ds, device=dev, out=vpath, cvae=path)
             training.ensure_trained(vcfg, ds, device=dev, out=vpath, cvae=g2)
             clf, cmeta = checkpoint.load_model(vpath, kind="classifier", device=dev)
