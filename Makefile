@@ -65,12 +65,13 @@ ifneq ($(and $(TORCH_INC),$(CUDA_INC)),)
 endif
 endif
 
-# torchattacks, the attack rows' outside reference, lives in bench/.deps only (not a dependency;
-# --no-deps: it imports without torchvision, which the CPU wheel lacks).
-bench/.deps/torchattacks:
-	$(PY) -m pip install -q --no-deps --target bench/.deps torchattacks==3.5.1 || echo "torchattacks unavailable: its row is skipped"
+# torchattacks, the attack rows' outside reference, lives in $(VENV)/bench-deps only (not a
+# dependency, not on the package's path; --no-deps: it imports without torchvision, which the CPU
+# wheel lacks). The bench never calls its checkpoint loaders.
+$(VENV)/bench-deps/torchattacks:
+	$(PY) -m pip install -q --no-deps --target $(VENV)/bench-deps torchattacks==3.5.1 || echo "torchattacks unavailable: its row is skipped"
 
-bench: setup bench/.deps/torchattacks
+bench: setup $(VENV)/bench-deps/torchattacks
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # On a CUDA machine whose python already has torch with CUDA (no venv there): build, CUDA tests,

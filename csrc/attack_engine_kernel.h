@@ -172,7 +172,6 @@ struct Scratch {
 Scratch carve(const Net& net, float* work) {
   Scratch s;
   const EngineLayout lay = engine_layout(net);
-  (void)lay.total;
   s.act.resize(static_cast<size_t>(net.num_layers) + 1);
   float* p = work;
   s.act[0] = p;

@@ -72,9 +72,6 @@ void run_step(StepArgs a, Norm norm) {
       return;
     }
     case Norm::L2: {
-      auto finish = [&](const L2Sums& s, float& inv_gn, float& scale, bool& nan) {
-        l2_factors(s, a.step, a.eps, inv_gn, scale, nan);
-      };
       const int64_t threads = at::get_num_threads();
       if (B >= 2 * threads || n < 4 * kGrainElems) {
         // One task per sample: the write pass re-reads the sample from cache.
@@ -82,7 +79,7 @@ void run_step(StepArgs a, Norm norm) {
           for (int64_t b = b0; b < b1; ++b) {
             float inv_gn, scale;
             bool nan;
-            finish(K.l2_sums(a, b, 0, n), inv_gn, scale, nan);
+            l2_factors(K.l2_sums(a, b, 0, n), a.step, a.eps, inv_gn, scale, nan);
             K.l2_write(a, b, 0, n, inv_gn, scale, nan);
           }
         });
@@ -107,7 +104,7 @@ void run_step(StepArgs a, Norm norm) {
             s.dd += part[b * nc + c].dd;
           }
           bool nb;
-          finish(s, inv_gn[b], scale[b], nb);
+          l2_factors(s, a.step, a.eps, inv_gn[b], scale[b], nb);
           nan[b] = nb;
         }
         at::parallel_for(0, B * nc, 1, [&](int64_t t0, int64_t t1) {

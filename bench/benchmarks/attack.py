@@ -3,7 +3,7 @@
 torchattacks' PGD at equal strength (same eps, step, 40 steps, random start); and adversarial
 training epochs (PGD-40, PGD-5) through `training.train_epoch` with the engine on and off.
 
-torchattacks is not a dependency: `make bench` installs it into bench/.deps (no dependencies
+torchattacks is not a dependency: `make bench` installs it into .venv/bench-deps (no dependencies
 of its own; it imports without torchvision), and the row is skipped without it.
 
 FLOP count: per image and step, the forward's multiply-adds plus as many again for the input
@@ -28,12 +28,12 @@ from manifoldadv.data import MNIST_MEAN, MNIST_STD, loader
 from .common import medians, timed_round_robin
 from .train import synthetic_dataset, train_config, trainee
 
-DEPS = Path(__file__).resolve().parents[1] / ".deps"
+DEPS = Path(__file__).resolve().parents[2] / ".venv" / "bench-deps"
 BATCHES = (128, 500)
 
 
 def torchattacks_pgd():
-    """torchattacks.PGD, or None when it is not installed in bench/.deps."""
+    """torchattacks.PGD, or None when it is not installed in .venv/bench-deps."""
     if DEPS.is_dir() and str(DEPS) not in sys.path:
         sys.path.insert(0, str(DEPS))
     try:

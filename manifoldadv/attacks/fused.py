@@ -96,6 +96,12 @@ def _pool2(m: nn.MaxPool2d) -> bool:
 
 def why_not(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec) -> str | None:
     """None when (model, x, y, spec) runs fused, else the reason."""
+    p = _qualify(model, x, y, spec)
+    return p if isinstance(p, str) else None
+
+
+def _qualify(model, x, y, spec):
+    """plan(model) when (model, x, y, spec) runs fused, else the reason."""
     if not enabled():
         return f"{ENV}=0"
     if spec.name not in ATTACKS:
@@ -106,16 +112,16 @@ def why_not(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec
         return "the labels are not int64 on the CPU"
     if not use_kernel("fused_attack", "cpu"):
         return "this build has no attack engine"
-    p = plan(model)
-    return p if isinstance(p, str) else None
+    return plan(model)
 
 
 def runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, lo: float, hi: float):
     """A function start -> (x', loss, fooled) running spec's steps on the engine (loss and fooled
     at x', only when asked for), or None when the attack keeps the eager path."""
-    if why_not(model, x, y, spec) is not None:
+    p = _qualify(model, x, y, spec)
+    if isinstance(p, str):
         return None
-    params, layers = plan(model)
+    params, layers = p
     x0 = x.detach().contiguous()
 
     def run(x_start: torch.Tensor, final: bool):

@@ -42,6 +42,7 @@ class EigenBasis:
     values: torch.Tensor  # [C, k] float64, descending
     counts: torch.Tensor  # [C] training examples per class
     totals: torch.Tensor  # [C] float64, each class's total variance (the covariance's trace)
+    means: torch.Tensor | None = field(default=None, repr=False, compare=False)  # [C, D] float64, from compute()
     _placed: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -97,7 +98,7 @@ def compute(split: Split, num_classes: int, k: int, *, dataset: str, device="cpu
     import scipy.linalg
 
     check(split, num_classes, k)
-    counts, _, covs = accumulate(split, range(num_classes), device=device)
+    counts, means, covs = accumulate(split, range(num_classes), device=device)
     covs = covs.double().cpu()
     dim = covs.shape[-1]
     y = split.y.cpu()
@@ -114,7 +115,7 @@ def compute(split: Split, num_classes: int, k: int, *, dataset: str, device="cpu
         values.append(torch.from_numpy(w[::-1].copy()))
         vectors.append(torch.from_numpy(u[:, ::-1].copy()))
     return EigenBasis(dataset, split_digest(split), k, torch.stack(vectors).contiguous(), torch.stack(values).contiguous(),
-                      counts.cpu(), torch.diagonal(covs, dim1=-2, dim2=-1).sum(-1))
+                      counts.cpu(), torch.diagonal(covs, dim1=-2, dim2=-1).sum(-1), means.double().cpu())
 
 
 def save(path, basis: EigenBasis) -> None:

@@ -50,13 +50,9 @@ class PPCA(CVAE):
         q, c_n = self.latent, self.num_classes
         basis = eigenbasis.compute(split, c_n, q, dataset="ppca-fit", device=device)
         d = basis.vectors.shape[1]
-        y = split.y.cpu()
-        means = torch.zeros(c_n, d, dtype=torch.float64)
-        for c in range(c_n):
-            means[c] = split.images((y == c).nonzero().squeeze(1)).reshape(-1, d).double().mean(0)
         noise = (basis.totals - basis.values.sum(1)) / (d - q)
         with torch.no_grad():
-            self.mean.copy_(means.to(self.mean.dtype))
+            self.mean.copy_(basis.means.to(self.mean.dtype))
             self.basis.copy_(basis.vectors.to(self.basis.dtype))
             self.lam.copy_(basis.values.to(self.lam.dtype))
             self.noise.copy_(noise.clamp_min(1e-12).to(self.noise.dtype))

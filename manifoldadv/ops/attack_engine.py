@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .extension import has_kernel
-from .pgd import _check_step_args, l1_topk, pgd_step_reference
+from .pgd import _check_step_args, pgd_step_reference
 
 LAYERS = {"normalize": 0, "conv": 1, "relu": 2, "maxpool2": 3, "flatten": 4, "linear": 5}
 _NAMES = {v: k for k, v in LAYERS.items()}
@@ -152,4 +152,4 @@ def register_fakes():
 
 
 __all__ = ["LAYERS", "attack_input_grad", "attack_input_grad_reference", "compiled", "fused_attack",
-           "fused_attack_reference", "l1_topk", "network", "output_width", "pairs"]
+           "fused_attack_reference", "network", "output_width", "pairs"]
