@@ -15,7 +15,8 @@ against the clean set and against the reconstructions.
 
 Latent budgets: the latent FGSM moves every coordinate by eps, so its latent step grows like
 sqrt(latent size); each generator's eps is the paper's 1 (for its 10-d latent) times
-sqrt(10 / latent), the same l2 length of latent step in units of the prior's spread.
+sqrt(10 / latent), the same l2 length of latent step in units of the prior's spread
+(config.latent_eps, the rule of the study and the CLI).
 Resumable: every checkpoint is kept in --run-dir and reused when complete. --seed N (default 0)
 trains everything with another seed (checkpoints named ...-sN).
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -33,16 +33,11 @@ import torch
 
 from manifoldadv import checkpoint, data, training
 from manifoldadv.attacks import make_spec
-from manifoldadv.config import defaults
+from manifoldadv.config import latent_eps
 from manifoldadv.evaluation import generator, spectrum
 from manifoldadv.runtime import versions
 
 GENERATORS = ("cvae-mlp", "cvae-gauss", "ppca")
-
-
-def latent_eps(latent: int, data_name: str = "mnist") -> float:
-    d = defaults(data_name)
-    return d.latent_eps * math.sqrt(d.cvae.latent / latent)
 
 
 def gmean(values) -> float:
@@ -79,7 +74,7 @@ def main(argv=None) -> None:
         row = {"checkpoint": str(path), "sha256": checkpoint.digest(path), "model": name,
                "model_kwargs": meta["model_kwargs"], "train_seconds": sum(h["seconds"] for h in meta["history"]),
                **generator.generator_metrics(g, ds.test, classes, dev)}
-        row["latent_eps"] = latent_eps(g.latent)
+        row["latent_eps"] = latent_eps("mnist", g.latent)
         print(name, {k: v for k, v in row.items() if not k.endswith("per_class")}, flush=True)
         if not a.no_classifier:
             vcfg = training.resolve_config("mnist", "vae", seed=a.seed, budgets={"latent": row["latent_eps"]})

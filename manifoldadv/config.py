@@ -18,6 +18,8 @@ as its latent.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from .errors import UsageError
@@ -118,3 +120,14 @@ def defaults(dataset: str) -> DataDefaults:
     if dataset not in DEFAULTS:
         raise UsageError(f"unknown data set {dataset!r}; choose one of {', '.join(DEFAULTS)}")
     return DEFAULTS[dataset]
+
+
+def latent_eps(dataset: str, latent: int | None = None) -> float:
+    """The latent attacks' default budget for a generator with `latent` dimensions: the data set's
+    eps (set for its CVAE's latent size) times sqrt(that size / latent). A per-coordinate eps moves
+    a latent code by eps * sqrt(latent) in l2, so this keeps the same l2 step in units of the
+    prior's spread whatever the generator's size."""
+    d = defaults(dataset)
+    if latent is None or latent == d.cvae.latent:
+        return d.latent_eps
+    return d.latent_eps * math.sqrt(d.cvae.latent / latent)

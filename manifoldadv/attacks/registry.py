@@ -162,6 +162,14 @@ class AttackSpec:
     def kind(self) -> AttackKind:
         return kind(self.name)
 
+    @property
+    def random(self) -> bool:
+        """Whether its result depends on the evaluation seed: a random start, pointwise's random
+        order, AutoAttack's own draws. A one-step attack from x (FGSM, the latent FGSM) does not."""
+        if self.parts:
+            return any(p.random for p in self.parts)
+        return self.random_start or self.kind.gradient_free or self.kind.external
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["space"] = self.space

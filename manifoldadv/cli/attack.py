@@ -13,6 +13,7 @@ from ..evaluation.eigenbasis import split_digest
 from ..runtime import accel, console, versions
 from .. import checkpoint
 from ..attacks import ATTACKS, WORST, describe, needs, spec_for, worst_name
+from .. import config
 from ..config import defaults
 from ..errors import UsageError
 from ..evaluation import attack_accuracy
@@ -129,6 +130,8 @@ def attack(
     ds = load_data(data_name, run.data_root, run.limit, run.download)
     if "basis" in needed:
         basis_model = eigenbasis(ds, k, basis, dev)
+    if latent_eps is None and cvae_model is not None:  # sized to the generator's latent (config.latent_eps)
+        latent_eps = config.latent_eps(data_name, cvae_model.latent)
     budgets = {"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps, "eigen": eigen_eps}
     rows = run_matrix(checkpoints, names, ds, dev, cvae_model=cvae_model, cvae_path=cvae, basis=basis_model,
                       budgets=budgets, steps=steps, step_size=step_size, restarts=restarts, batch_size=batch_size,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import training
+from .. import config, training
 from ..attacks import graphed
 from ..runtime import console, outputs
 from ._app import app
@@ -54,12 +54,16 @@ def train(
 ) -> None:
     """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
     dev = run.start()
-    cfg = training.resolve_config(
-        data, mode, model=model, epochs=epochs, adv_start=adv_start, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps, "eigen": eigen_eps}, steps=steps,
-        step_size=step_size, strategy=strategy, clean_weight=clean_weight, eps_warmup=eps_warmup,
-        augment=augment, latent=latent, seed=run.seed, limit=run.limit, precision=run.precision, eigen_k=k,
-    )
+
+    def resolve(latent_budget):
+        return training.resolve_config(
+            data, mode, model=model, epochs=epochs, adv_start=adv_start, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, steps=steps, step_size=step_size, strategy=strategy, clean_weight=clean_weight,
+            budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_budget, "eigen": eigen_eps},
+            eps_warmup=eps_warmup, augment=augment, latent=latent, seed=run.seed, limit=run.limit,
+            precision=run.precision, eigen_k=k)
+
+    cfg = resolve(latent_eps)
     out = training.check_out(out or cfg.checkpoint_path(), resume=resume, force=force)  # before any work
     if attack_graphs:
         graphed.require(dev, cfg.kind)
@@ -67,6 +71,8 @@ def train(
         outputs.check_file(training.default_cvae_path(cfg, out), "CVAE checkpoint")
     ds = load_data(data, run.data_root, run.limit, run.download)
     cfg, cvae_model = training.with_cvae(cfg, ds, device=dev, out=out, cvae=cvae)
+    if cvae_model is not None and latent_eps is None:  # the budget sized to this generator's latent
+        cfg = resolve(config.latent_eps(data, cvae_model.latent)).with_cvae(cfg.cvae, cfg.cvae_sha256)
     cfg, basis_model = training.with_basis(cfg, ds, out=out, path=basis, device=dev)
     console.log(f"training {cfg.model} on {data} ({len(ds.train)} examples), mode {mode}, {cfg.epochs} epochs -> {out}")
     meta = training.train(cfg, ds, device=dev, out=out, resume=resume, force=force, cvae=cvae_model, basis=basis_model,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..attacks import external
 from ..data import loader
 from ..attacks import AttackSpec, frozen, latent_search, make_spec, perturb, with_overrides
+from ..config import latent_eps
 from .accuracy import make_generator
 
 EPS_GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of the budget for the monotonicity check
@@ -195,7 +196,7 @@ class Auditor:
         if self.cvae is None:
             return Check("j", "latent attack: pixel distortion beside the latent budget", "n/a", None,
                          "no CVAE given (--cvae)")
-        spec = make_spec("vae", self.dataset)
+        spec = make_spec("vae", self.dataset, eps=latent_eps(self.dataset, self.cvae.latent))
         dists = []
         for i in range(0, len(self.x), self.batch_size):
             xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]

@@ -32,6 +32,7 @@ from ..runtime import accel, console, distributed
 from .. import checkpoint, ops
 from ..data import loader
 from ..attacks import needs, perturb, reconstruct, spec_for
+from ..config import latent_eps
 from ..errors import UsageError
 from .accuracy import batch_generator
 
@@ -258,7 +259,8 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, basis=No
                         sets.append(SetSpectrum(baseline, str(cvae_path), "reconstruction", counts, spectra))
             if "basis" in needs(name) and callable(basis):
                 basis = basis()
-            spec = spec_for(name, ds.name, steps=steps)
+            budgets = {"latent": latent_eps(ds.name, cvae_model.latent)} if cvae_model is not None else None
+            spec = spec_for(name, ds.name, steps=steps, budgets=budgets)
             label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
             energy = PerturbationEnergy(directions)
             counts, spectra, _ = measure(label, energy, transform=attacked(model, spec, cvae_model, basis))
