@@ -48,6 +48,13 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert "QUICK smoke run" in text and "with 2 PGD steps" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
     assert "| AutoAttack (l-inf) |" in text and "## Audit of every model" in text and "on the first 20 test examples" in text
     assert "## Eigenspace attacks and the box" in text and "regular vs eigenspace" in text
+    # one training and one evaluation seed: every cell is its single measurement
+    assert results["seeds"] == {"eval": [0], "train": [0], "seeded_modes": [], "replicates": {}}
+    cells = {(c["attack"], c["mode"]): c for c in results["cells"]}
+    assert all(cells[(a, m)]["mean"] == v and cells[(a, m)]["n"] == 1 for a, row in results["table1"].items()
+               for m, v in row.items())
+    assert results["generator"]["model"] == "cvae-mlp" and results["generator"]["latent_eps"] == 1.0
+    assert "## Claims" in text and text.index("## Claims") < text.index("## Table 1")
     for fig in results["figures"]:
         assert (run / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
     # the trade-off numbers are the differences of the table cells

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import models
 from ..data import DATASETS
 from ..runtime.accel import PRECISIONS
 from ..training import MODES, STRATEGIES
@@ -23,6 +24,7 @@ class Device(str, Enum):
 DataName = Enum("DataName", {name: name for name in DATASETS}, type=str)
 ModeName = Enum("ModeName", {m: m for m in MODES}, type=str)
 StrategyName = Enum("StrategyName", {s: s for s in STRATEGIES}, type=str)
+GeneratorName = Enum("GeneratorName", {g: g for g in models.available("cvae")}, type=str)
 
 
 Checkpoints = Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)]
@@ -61,6 +63,10 @@ Compile = Annotated[
 
 Mode = Annotated[ModeName, typer.Option("--mode", help="Training mode.")]
 Strategy = Annotated[StrategyName, typer.Option("--strategy", help="Joint modes: average their attacks' losses or take the per-example max.")]
+Generator = Annotated[Optional[GeneratorName], typer.Option(
+    "--generator", help="The generator (CVAE kind) of the latent attacks and of VAE-adv and joint training (default: "
+                        "the data set's, cvae-mlp on MNIST); its latent budget is the data set's scaled by "
+                        "sqrt(that CVAE's latent / this one's), the same l2 step in the latent.")]
 FullChecks = Annotated[Optional[bool], typer.Option(
     "--full-checks/--subset-checks",
     help="AutoAttack and the audit on every test example, or on the first 1000 (the same ones for every model; "

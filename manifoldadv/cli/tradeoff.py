@@ -9,7 +9,7 @@ import typer
 from ..runtime import console
 from ..study import tables
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, FullChecks, Run, Strategy, StrategyName, SyncBN, shared
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, FullChecks, Generator, Run, Strategy, StrategyName, SyncBN, shared
 from . import common
 
 
@@ -24,12 +24,13 @@ def tradeoff(
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=1, help="PGD steps of the adversarial training attacks (default: the paper's, 40 on MNIST); fewer cuts the study's CPU time about proportionally.")] = None,
     autoattack: Annotated[Optional[bool], typer.Option("--autoattack/--no-autoattack", help="AutoAttack rows beside the regular-attack rows (default: when pyautoattack is installed; on a subset of the test set: see --full-checks).")] = None,
     full_checks: FullChecks = None,
+    generator: Generator = None,
     sync_bn: SyncBN = False,
 ) -> None:
     """l1-adv / l-inf-adv / joint-lp, PGD-adv / VAE-adv / joint and PGD-adv / eigen-adv / joint-eigen under
     their attacks, and the trade-off."""
     study, ds = common.study(run, data, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
-                             autoattack=autoattack, audit=False, full_checks=full_checks, sync_bn=sync_bn)
+                             autoattack=autoattack, audit=False, full_checks=full_checks, generator=generator, sync_bn=sync_bn)
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "
                            "rerun the same command to continue"):
         trade = study.tradeoff(ds)

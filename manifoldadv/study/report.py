@@ -4,25 +4,79 @@ from __future__ import annotations
 
 import math
 
-from . import paper
+from . import claims, paper, seeds
 from ..attacks import describe
 from ..runtime.outputs import save_figure
 from ..training import mode as mode_kind
-from .tables import ATTACK_NAMES, NAMES, cell, drops_table, markdown, md_table, pct, table2
+from .tables import ATTACK_NAMES, NAMES, TABLE2, cell_index, drops_table, markdown, md_table, pct, seeded, table2
 
 
-def table1_md(table1: dict, data: str) -> str:
-    ref = paper.table1(data)
+def table1_md(table1: dict, data: str, cells: list | None = None) -> str:
+    ref, index = paper.table1(data), cell_index(cells)
     cols = list(next(iter(table1.values())).keys())
     rows = []
     for attack, per_model in table1.items():
         rows.append([ATTACK_NAMES.get(attack, attack)] +
-                    [cell(per_model[m], ref.get(attack, {}).get(m)) for m in cols])
+                    [seeded(per_model[m], ref.get(attack, {}).get(m), index.get((attack, m))) for m in cols])
     return md_table([data.upper() if data != "synthetic" else "synthetic"] + [NAMES.get(m, m) for m in cols], rows)
 
 
-def table2_md(tradeoff: dict, data: str) -> str:
-    return "\n\n".join(markdown(t) for t in table2(tradeoff, data))
+def table2_md(tradeoff: dict, data: str, cells: list | None = None) -> str:
+    return "\n\n".join(markdown(t) for t in table2(tradeoff, data, cells))
+
+
+def claims_md(r: dict) -> list[str]:
+    rows = claims.claims(r)
+    if not rows:
+        return []
+    return ["## Claims", "", "Each of the paper's claims decided from this run's numbers (rules: "
+            "`manifoldadv/study/claims.py`; ± is one standard deviation over the seeds below).", "",
+            md_table(["claim", "verdict", "numbers"], [[c["claim"], f"**{c['verdict']}**", c["evidence"]] for c in rows]),
+            ""]
+
+
+def seeds_md(r: dict) -> list[str]:
+    sd = r.get("seeds") or {}
+    ev, tr, modes = sd.get("eval", [r["seed"]]), sd.get("train", [r["seed"]]), sd.get("seeded_modes", [])
+    text = (f"Cells read *mean ± standard deviation (paper; verdict)*. Evaluation seeds {', '.join(map(str, ev))} "
+            "(the random starts and draws of every random attack; clean, FGSM and the latent FGSM are deterministic "
+            "and measured once per model)")
+    text += (f"; training seeds {', '.join(map(str, tr))} for {', '.join(NAMES.get(m, m) for m in modes)} (each seed "
+             "trains its own generator too), seed " + str(r["seed"]) + " for the other models." if modes and len(tr) > 1
+             else f"; every model trained once, with seed {r['seed']}.")
+    text += (f" Verdict against the paper: *within spread* when our mean is within {seeds.SPREADS:g} standard "
+             f"deviations of the paper's number, else *within 5 pp*, else *off*.")
+    return [text, ""]
+
+
+def off_md(r: dict) -> list[str]:
+    """Every cell off the paper by more than 5 pp, with what we know of why."""
+    ref1, ref2 = paper.table1(r["data"]), paper.table2(r["data"])
+    index = cell_index(r.get("cells"))
+    found = {}
+    for attack, per_model in r["table1"].items():
+        for m, v in per_model.items():
+            if ref1.get(attack, {}).get(m) is not None:
+                found[(attack, m)] = (v, ref1[attack][m])
+    for key, half in TABLE2.items():
+        for row, per_model in r["tradeoff"].get(key, {}).items():
+            for m, v in per_model.items():
+                theirs = ref2.get(key, {}).get(row, {}).get(m)
+                if theirs is not None:
+                    found.setdefault((half.attacks.get(row, row), m), (v, theirs))
+    lines = []
+    for (attack, m), (v, theirs) in found.items():
+        c = index.get((attack, m)) or seeds.summarize([(0, 0, v)])
+        if seeds.against(c, theirs) != "off":
+            continue
+        known = claims.why(r, attack, m)
+        lines.append(f"- {NAMES.get(m, m)} under {ATTACK_NAMES.get(attack, attack)}: {seeded(v, None, c)} against "
+                     f"{pct(theirs)} ({100 * (c['mean'] - theirs):+.1f} pp). "
+                     + ("Known differences: " + "; ".join(known) + "." if known else "No known cause."))
+    if not lines:
+        return []
+    return ["**Cells off the paper by more than 5 pp**, and what differs from the paper's setting where we know it:",
+            "", *lines, ""]
 
 
 def drops_md(tradeoff: dict, data: str) -> str:
@@ -123,6 +177,15 @@ def heatmap(path, table: dict, title: str) -> None:
     save_figure(fig, path)
 
 
+def generator_note(r: dict) -> str:
+    g = r.get("generator")
+    if not g:
+        return ""
+    return (f" Generator of the latent attacks and of VAE-adv and joint training: `{g['model']}` (latent "
+            f"{(g.get('model_kwargs') or {}).get('latent')}, {g.get('active_units')} active units), latent budget "
+            f"{g['latent_eps']:.3g} per coordinate (the data set's, scaled by the square root of the latent size ratio).")
+
+
 def _hms(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
@@ -148,20 +211,24 @@ def render(r: dict) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
         "",
-        "Cells read *ours (paper)*; the paper's numbers are its Tables 1 and 2"
-        + (" (the paper has none for this data set)." if not r["table1_paper"] else "."),
+        "The paper's numbers are its Tables 1 and 2"
+        + (" (the paper has none for this data set)." if not r["table1_paper"] else ".")
+        + generator_note(r),
         "",
+        *claims_md(r),
         "## Table 1: test accuracy under each attack (rows) for each defence (columns)",
         "",
-        table1_md(r["table1"], data),
+        *seeds_md(r),
+        table1_md(r["table1"], data, r.get("cells")),
         *autoattack_note(r),
         "",
         "![attack x defence](figures/attack_defence.png)",
         "",
         "## Table 2: robustness trade-offs",
         "",
-        table2_md(r["tradeoff"], data),
+        table2_md(r["tradeoff"], data, r.get("cells")),
         "",
+        *off_md(r),
         "**Measured trade-off** (how much robust accuracy each joint model gives up against the model "
         "trained for that attack alone; paper in parentheses):",
         "",

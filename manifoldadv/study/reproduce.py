@@ -44,9 +44,33 @@ def _cached(study: Study, name: str, key: dict, fn):
     return hit["value"]
 
 
+def replicate_spectra(study: Study, ds: Dataset, top: int) -> dict:
+    """training seed -> the Figure 2 summary of that replicate's PGD- and VAE-robust sets, for each
+    replicate that trained both (the spread of the Figure 2 ratios over training seeds)."""
+    out = {}
+    full = dataclasses.replace(ds, test=study.spectra_test or ds.test)
+    for seed in study.train_seeds:
+        rep = study.replicate(seed)
+        if rep is study or not {"pgd", "vae"} <= set(study.seeded_modes):
+            continue
+        pgd, vae = rep.path("pgd"), rep.path("vae")
+        key = {"pgd": digest(pgd), "vae": digest(vae), "cvae": digest(rep.path(CVAE)), "n": len(full.test),
+               "steps": study.eval_steps, "seed": rep.seed, "top": top, "floor": DEFAULT_FLOOR_REL,
+               "precision": study.precision}
+
+        def run(pgd=pgd, vae=vae, rep=rep):
+            sets = compute([pgd, vae], full, list(range(ds.num_classes)), study.device, seed=rep.seed,
+                           steps=study.eval_steps, reconstructions=True, top=top, precision=study.precision,
+                           compile=accel.resolve_compile(study.compile, study.device, "eval"))
+            return summarize_all(sets, top=top)
+
+        out[str(seed)] = _cached(rep, "spectra", key, run)
+    return out
+
+
 def spectra_step(study: Study, ds: Dataset) -> dict:
     """Figure 2: the clean set and the PGD-, VAE- and eigen-robust sets (each model attacked as it
-    was trained: spectrum.auto_attack)."""
+    was trained: spectrum.auto_attack); the training-seed replicates' PGD- and VAE-robust sets."""
     pgd, vae, eigen = (study.ensure_trained(m, ds) for m in ("pgd", "vae", "eigen"))
     basis = study.basis(ds)
     top = ds.info.get("manifold_rank", TOP)
@@ -73,6 +97,7 @@ def spectra_step(study: Study, ds: Dataset) -> dict:
     plot(figs / "spectra.png", sets, [0, 1], top=top, title=f"{study.data}: eigenvalues of classes 0 and 1 (Figure 2)")
     plot(figs / "spectra_all.png", sets, classes, top=top, title=f"{study.data}: eigenvalues of every class")
     return {"top": value["top"], "floor_rel": value["floor_rel"], "summary": value["summary"], "dim": ds.dim,
+            "replicates": replicate_spectra(study, ds, top),
             "figures": ["figures/spectra.png", "figures/spectra_all.png"]}
 
 
@@ -88,11 +113,33 @@ def theory_step(study: Study) -> dict:
             "total": len(rows), "figure": "figures/theory.png"}
 
 
+def generator_record(study: Study) -> dict:
+    """Which generator the latent attacks used, its size and the latent budget that follows."""
+    meta = load(study.path(CVAE)).meta
+    return {"model": study.generator, "checkpoint": str(study.path(CVAE)), "sha256": digest(study.path(CVAE)),
+            "model_kwargs": meta.get("model_kwargs"), "latent_eps": study.budgets["latent"],
+            "test_nelbo": meta.get("test_nelbo"), "active_units": meta.get("active_units")}
+
+
+def replicate_models(study: Study) -> dict:
+    """training seed -> mode -> checkpoint and clean accuracy of each replicate model."""
+    out = {}
+    for mode in study.seeded_modes:
+        for rep in study.replicates(mode)[1:]:
+            meta = load(rep.path(mode)).meta
+            out.setdefault(str(rep.seed), {})[mode] = {"checkpoint": str(rep.path(mode)), "sha256": digest(rep.path(mode)),
+                                                       "clean_accuracy": meta.get("clean_accuracy")}
+    return out
+
+
 def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
     t0 = time.perf_counter()
     every = (CVAE, *ALL_MODES)
     for name in every:
         study.ensure_trained(name, ds)
+    for name in study.seeded_modes:
+        for rep in study.replicates(name)[1:]:
+            rep.ensure_trained(name, ds)
     table1 = study.table1(ds)
     trade = study.tradeoff(ds)
     audits = study.audits(ds) if study.audit else None
@@ -134,6 +181,11 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
         "eval_seconds_recorded": round(eval_seconds, 1),
         "step_seconds_this_run": study.timings,
         "models": models,
+        "generator": generator_record(study),
+        "seeds": {"eval": list(study.seeds()), "train": [study.seed, *(s for s in study.train_seeds if s != study.seed)],
+                  "seeded_modes": list(study.seeded_modes) if study.train_seeds else [],
+                  "replicates": replicate_models(study)},
+        "cells": [{"attack": a, "mode": m, **c} for (a, m), c in study.cells.items()],
         "table1": table1,
         "table1_paper": paper.table1(study.data),
         "tradeoff": trade,

@@ -18,15 +18,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import checkpoint, training
+from .. import checkpoint, models, training
 from ..attacks import external, kind, needs, spec_for
-from ..config import defaults
+from ..config import defaults, latent_eps
 from ..data import Dataset
+from ..errors import UsageError
 from ..evaluation import attack_accuracy
 from ..runtime import accel, console, outputs
 from ..runtime.outputs import Cache, cache_key
 from ..training import CVAE, mode as mode_kind
-from . import tables
+from . import seeds, tables
 
 TABLE1_ROWS = ("clean", "fgsm", "pgd", "vae", "eigen")
 TABLE1_COLS = ("std", "fgsm", "pgd", "vae", "joint", "eigen")
@@ -44,6 +45,10 @@ class Study:
     run_dir: Path
     device: object
     seed: int = 0
+    generator: str | None = None  # the CVAE kind the latent attacks use (None: the data set's)
+    eval_seeds: tuple = ()  # every cell of a random attack measured with each (default: (seed,))
+    train_seeds: tuple = ()  # more training seeds of `seeded_modes`: replicates in run_dir/seeds/seed-N
+    seeded_modes: tuple = ("std", "vae")
     quick: bool = False
     strategy: str = "avg"
     eval_steps: int | None = None  # override of the attacks' steps (quick runs)
@@ -57,6 +62,9 @@ class Study:
     timings: dict = field(default_factory=dict)  # what this invocation spent, by step
     step_seconds: dict = field(default_factory=dict)  # what the cached steps it used cost when made
     caches: dict = field(default_factory=dict)
+    budgets: dict = field(init=False, default_factory=dict)  # the latent budget for the generator
+    cells: dict = field(init=False, default_factory=dict)  # (attack, mode) -> seeds.summarize of its samples
+    replicas: dict = field(init=False, default_factory=dict)  # training seed -> its Study
     spectra_test: object = None
     eigenbasis: object = None  # the class eigenbasis of the training split (basis())
 
@@ -76,6 +84,15 @@ class Study:
             outputs.check_folder(self.run_dir / sub, "run folder")
         if self.quick and self.eval_steps is None:
             self.eval_steps = defaults(self.data).quick.steps
+        self.generator = self.generator or defaults(self.data).cvae.model
+        self.eval_seeds, self.train_seeds = tuple(self.eval_seeds), tuple(self.train_seeds)
+        unknown = set(self.seeded_modes) - set(ALL_MODES)
+        if unknown:
+            raise UsageError(f"unknown mode(s) {', '.join(sorted(unknown))} for training seeds; choose from "
+                             f"{', '.join(ALL_MODES)}")
+        gen = training.resolve_config(self.data, CVAE, model=self.generator)  # refuses a non-generator here
+        # every latent attack and latent-trained model of the study: the budget sized to its latent
+        self.budgets = {"latent": latent_eps(self.data, gen.model_kwargs["latent"])}
 
     # ---------------------------------------------------------------- data and models
 
@@ -88,16 +105,24 @@ class Study:
         return ds
 
     def path(self, mode: str) -> Path:
+        if mode_kind(mode).generator and self.generator != defaults(self.data).cvae.model:
+            return self.run_dir / f"{self.data}-{self.generator}.safetensors"
         return self.run_dir / mode_kind(mode).checkpoint_name(self.data, self.strategy)
 
     def config(self, mode: str, ds: Dataset) -> training.TrainConfig:
         m, kw = mode_kind(mode), {}
+        if m.generator:
+            kw["model"] = self.generator
         if self.quick:
             q = defaults(self.data).quick
-            kw = ({"epochs": q.cvae_epochs} if m.generator else
-                  {"epochs": q.epochs, "adv_start": q.adv_start, "steps": q.steps})
+            if not m.generator:
+                kw.update(epochs=q.epochs, adv_start=q.adv_start, steps=q.steps)
+            elif not models.spec(self.generator).closed_form:
+                kw["epochs"] = q.cvae_epochs
             if m.regular:
                 kw["eps_warmup"] = 1  # of the quick runs' two adversarial epochs
+        if m.needs_cvae:
+            kw["budgets"] = self.budgets
         if not m.generator:
             if self.train_steps is not None:
                 kw["steps"] = self.train_steps
@@ -155,16 +180,49 @@ class Study:
             return split.head(defaults(self.data).quick.checked)
         return split if self.full_checks else split.head(CHECKED)
 
-    def accuracy(self, mode: str, attack: str, ds: Dataset) -> dict:
-        """Accuracy of the `mode` model under `attack` (cached by checkpoint hash and settings)."""
+    # ---------------------------------------------------------------- seeds
+
+    def seeds(self) -> tuple:
+        """The evaluation seeds (the first one is the study's own unless --seeds says otherwise)."""
+        return self.eval_seeds or (self.seed,)
+
+    def replicate(self, seed: int) -> "Study":
+        """The study trained with another seed, in run_dir/seeds/seed-N (its own generator too)."""
+        if seed == self.seed:
+            return self
+        if seed not in self.replicas:
+            self.replicas[seed] = dataclasses.replace(
+                self, seed=seed, run_dir=self.run_dir / "seeds" / f"seed-{seed}", train_seeds=(), timings={},
+                step_seconds={}, caches={}, eigenbasis=self.eigenbasis)
+        return self.replicas[seed]
+
+    def replicates(self, mode: str) -> list["Study"]:
+        """This study, then each training-seed replicate of `mode` (when it is one of seeded_modes)."""
+        extra = self.train_seeds if mode in self.seeded_modes else ()
+        return [self] + [self.replicate(s) for s in extra if s != self.seed]
+
+    def cell(self, mode: str, attack: str, ds: Dataset) -> dict:
+        """The (attack, mode) cell over every training replicate and, for a random attack, every
+        evaluation seed (seeds.summarize); kept in self.cells."""
+        random = spec_for(attack, self.data, steps=self.eval_steps, budgets=self.budgets).random
+        evals = self.seeds() if random else self.seeds()[:1]
+        samples = [(rep.seed, e, rep.accuracy(mode, attack, ds, seed=e)["accuracy"])
+                   for rep in self.replicates(mode) for e in evals]
+        self.cells[(attack, mode)] = cell = seeds.summarize(samples)
+        return cell
+
+    def accuracy(self, mode: str, attack: str, ds: Dataset, seed: int | None = None) -> dict:
+        """Accuracy of the `mode` model under `attack` with evaluation seed `seed` (default: the
+        study's), cached by checkpoint hash and settings."""
+        seed = self.seed if seed is None else seed
         if kind(attack).external:
             ds = dataclasses.replace(ds, test=self.checked(ds.test))
         ck = self.ensure_trained(mode, ds)
-        spec = spec_for(attack, self.data, steps=self.eval_steps)
+        spec = spec_for(attack, self.data, steps=self.eval_steps, budgets=self.budgets)
         cvae_path = self.ensure_trained(CVAE, ds) if "cvae" in needs(attack) else None
         basis = self.basis(ds) if "basis" in needs(attack) else None
         key = cache_key({"checkpoint": ck.name, "sha256": checkpoint.digest(ck), "attack": spec.as_dict(),
-                         "n_test": len(ds.test), "seed": self.seed, "precision": self.precision,
+                         "n_test": len(ds.test), "seed": seed, "precision": self.precision,
                          "cvae": checkpoint.digest(cvae_path) if cvae_path else None,
                          **({"eigenbasis": [basis.digest, basis.k]} if basis is not None else {})})
         evals = self.cache("evals")
@@ -177,17 +235,21 @@ class Study:
         cvae = checkpoint.load_model(cvae_path, kind="cvae", device=self.device)[0] if cvae_path else None
         t0 = time.perf_counter()
         with console.doing(f"while evaluating {mode} under {attack}"):
-            res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, basis=basis, seed=self.seed,
+            res = attack_accuracy(model, ds.test, spec, device=self.device, cvae=cvae, basis=basis, seed=seed,
                                   label=f"{mode} / {attack}")
-        row = {"checkpoint": str(ck), "mode": mode, "attack": attack, **spec.as_dict(), **res,
+        row = {"checkpoint": str(ck), "mode": mode, "attack": attack, "train_seed": self.seed, "eval_seed": seed,
+               **spec.as_dict(), **res,
                **({"eigenbasis": basis.describe()} if basis is not None else {}),
                **accel.record(self.precision, compiled), "seconds": round(time.perf_counter() - t0, 1)}
         evals.put(key, row)
-        console.log(f"[{self.data}] {mode} under {attack}: {res['accuracy']:.2%}")
+        console.log(f"[{self.data}] {mode} under {attack}: {res['accuracy']:.2%}"
+                    + (f" (training seed {self.seed}, evaluation seed {seed})" if self.train_seeds or self.eval_seeds
+                       or self.replicas else ""))
         return row
 
     def matrix(self, rows, cols, ds: Dataset) -> dict:
-        return {a: {m: self.accuracy(m, a, ds)["accuracy"] for m in cols} for a in rows}
+        """attack -> mode -> the cell's mean (a single accuracy without seeds); the cells in self.cells."""
+        return {a: {m: self.cell(m, a, ds)["mean"] for m in cols} for a in rows}
 
     def table1(self, ds: Dataset) -> dict:
         rows = TABLE1_ROWS + (tuple(AUTOATTACK_ROWS["table1"]) if self.autoattack else ())
@@ -228,9 +290,9 @@ class Study:
     def tradeoff(self, ds: Dataset) -> dict:
         """Every half of Table 2 (tables.TABLE2) and the drops of each joint model against its single models."""
         half = tables.TABLE2["lp"]
-        rows = {row: {m: self.accuracy(m, a, ds) for m in half.models} for row, a in half.attacks.items()}
-        lp = {row: {m: r["accuracy"] for m, r in cols.items()} for row, cols in rows.items()}
-        slide = {m: r["slide_accuracy"] for m, r in rows["l1"].items()}  # SLIDE alone, from l1-worst
+        lp = {row: {m: self.cell(m, a, ds)["mean"] for m in half.models} for row, a in half.attacks.items()}
+        # SLIDE alone, from the study's own l1-worst evaluation
+        slide = {m: self.accuracy(m, half.attacks["l1"], ds)["slide_accuracy"] for m in half.models}
         if self.autoattack:  # beside the rows the drops are computed from
             lp.update(self.matrix(AUTOATTACK_ROWS["lp"], half.models, ds))
         out = {"strategy": self.strategy, "lp": lp, "lp_attacks": dict(half.attacks), "l1_slide_only": slide}

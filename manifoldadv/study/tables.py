@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from ..training import MODES
-from . import paper
+from . import paper, seeds
 
 NAMES = {m.name: m.label for m in MODES.values()}
 ATTACK_NAMES = {"clean": "clean data", "fgsm": "FGSM-attack", "pgd": "PGD-attack", "vae": "VAE-attack",
@@ -69,6 +69,20 @@ def cell(ours, theirs, fmt=pct) -> str:
     return fmt(ours) if theirs is None else f"{fmt(ours)} ({fmt(theirs)})"
 
 
+def seeded(ours: float, theirs: float | None, spread: dict | None = None) -> str:
+    """A cell as *ours ± spread (paper; verdict)* (seeds.against); a single measurement has no spread."""
+    spread = spread or seeds.summarize([(0, 0, ours)])
+    text = pct(ours) if spread["n"] < 2 else f"{pct(spread['mean'])} ± {100 * spread['std']:.2f}"
+    if theirs is None:
+        return text
+    return f"{text} ({pct(theirs)}; {seeds.VERDICTS[seeds.against(spread, theirs)]})"
+
+
+def cell_index(cells: list | None) -> dict:
+    """results.json's cells as (attack, mode) -> cell."""
+    return {(c["attack"], c["mode"]): c for c in cells or []}
+
+
 @dataclass(frozen=True)
 class Table:
     header: list
@@ -106,16 +120,17 @@ def attack_name(attack: str, half: str) -> str:
     return "l-inf-attack" if (half == "lp" and attack == "pgd") else ATTACK_NAMES.get(attack, attack)
 
 
-def table2(trade: dict, data: str) -> list[Table]:
-    """Both halves, each cell *ours (paper)*."""
-    ref = paper.table2(data)
+def table2(trade: dict, data: str, cells: list | None = None) -> list[Table]:
+    """Both halves, each cell *ours ± spread (paper; verdict)* (`seeded`; cells: results.json's)."""
+    ref, index = paper.table2(data), cell_index(cells)
     out = []
     for key, half in TABLE2.items():
         if key not in trade:
             continue
         mat = trade[key]
         cols = list(next(iter(mat.values())).keys())
-        rows = [[attack_name(a, key)] + [cell(per_model[m], ref.get(key, {}).get(a, {}).get(m)) for m in cols]
+        rows = [[attack_name(a, key)] + [seeded(per_model[m], ref.get(key, {}).get(a, {}).get(m),
+                                                index.get((half.attacks.get(a, a), m))) for m in cols]
                 for a, per_model in mat.items()]
         names = [model_name(m, key) for m in cols]
         note = ""
