@@ -8,6 +8,9 @@ CSRC   := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cud
 NVCC   ?= $(shell command -v nvcc 2>/dev/null)
 CUDA_ARCHS ?= 80 90
 PYTEST_ARGS ?=
+# Tests run on one thread each (tests/conftest.py): one worker per core, whole files per worker
+# (their module fixtures are built once).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 BENCH_ARGS ?=
 
 .PHONY: setup demo test bench cuda-check gpu-check clean distclean
@@ -30,7 +33,7 @@ demo: setup
 	$(BIN)/manifoldadv reproduce --data synthetic --quick --run-dir runs/demo
 
 test: setup cuda-check
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Compile every .cu for sm_80 and sm_90 whenever nvcc exists, even without a GPU (with the
 # half/bfloat16 flags torch's CUDAExtension passes). Then, when the venv's torch headers are
