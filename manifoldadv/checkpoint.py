@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from . import models
+from .models.factory import is_factory
 from .errors import CheckpointError
 from .runtime.outputs import atomic_write_bytes
 
@@ -73,7 +74,8 @@ KINDS = ("classifier", "cvae")
 # What every field the code reads must be: (check, what it should be, required for kinds).
 _FIELDS = {
     "kind": (lambda v: v in KINDS, '"classifier" or "cvae"', KINDS),
-    "model": (lambda v: isinstance(v, str) and v in models.available(), "a registered model name",
+    "model": (lambda v: isinstance(v, str) and (v in models.available() or is_factory(v)),
+              "a registered model name or a factory (package.module:function)",
               ("classifier", "cvae")),
     "model_kwargs": (lambda v: isinstance(v, dict), "an object", ()),
     "in_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(d) and d > 0 for d in v),
@@ -133,6 +135,9 @@ class Checkpoint:
     def build(self, device="cpu") -> torch.nn.Module:
         """Recreate the model from the metadata and load the weights."""
         m = self.meta
+        if is_factory(m["model"]):  # never import what a file names: the user names the factory
+            raise CheckpointError(f"{self.path} holds a model of the factory {m['model']}; load it as "
+                                  f"`{m['model']} --weights {self.path}`")
         kw = dict(m.get("model_kwargs") or {})
         try:
             if m["kind"] == "classifier":
@@ -166,7 +171,7 @@ def load(path, *, kind: str | None = None) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a regular file (a device or a pipe?)")
     try:

@@ -117,6 +117,10 @@ DEFAULTS: dict[str, DataDefaults] = {
 
 
 def defaults(dataset: str) -> DataDefaults:
+    from .data import external
+
+    if external.is_external(dataset):
+        return external.defaults(dataset)
     if dataset not in DEFAULTS:
         raise UsageError(f"unknown data set {dataset!r}; choose one of {', '.join(DEFAULTS)}")
     return DEFAULTS[dataset]
@@ -128,6 +132,8 @@ def latent_eps(dataset: str, latent: int | None = None) -> float:
     a latent code by eps * sqrt(latent) in l2, so this keeps the same l2 step in units of the
     prior's spread whatever the generator's size."""
     d = defaults(dataset)
+    if d.latent_eps is None:  # a data set without default budgets: the option gives it
+        return None
     if latent is None or latent == d.cvae.latent:
         return d.latent_eps
     return d.latent_eps * math.sqrt(d.cvae.latent / latent)

@@ -123,6 +123,12 @@ def data_args(kind, mode, mnist_root):
         if not (mnist_root / "train-images-idx3-ubyte.gz").exists():
             pytest.skip("real MNIST not found")
         return ["--data", "mnist", "--data-root", mnist_root, "--steps", "10", *args]
+    if kind == "npz":  # a user's data: the synthetic set's arrays through npz:
+        path = Path(os.environ["MANIFOLDADV_CACHE"]).parent / "d.npz"  # in the test's tmp_path (conftest)
+        ds = load_dataset("synthetic", limit=SHORT)
+        np.savez(path, x_train=ds.train.x.numpy(), y_train=ds.train.y.numpy(), x_test=ds.test.x.numpy(),
+                 y_test=ds.test.y.numpy())
+        return ["--data", f"npz:{path}", "--steps", "5", *args]
     return ["--data", "synthetic", "--steps", "5", *args]
 
 
@@ -130,7 +136,7 @@ MNIST = pytest.mark.mnist
 
 
 @pytest.mark.parametrize("kind,mode", [("synthetic", "std"), ("synthetic", "pgd"), ("synthetic", "vae"),
-                                       ("synthetic", "cvae"), ("synthetic", "eigen"), pytest.param("mnist", "std", marks=MNIST),
+                                       ("synthetic", "cvae"), ("synthetic", "eigen"), ("npz", "std"), pytest.param("mnist", "std", marks=MNIST),
                                        pytest.param("mnist", "pgd", marks=MNIST)])
 def test_two_processes_train_what_one_trains(tmp_path, runner, mnist_root, models, kind, mode):
     # --adv-start 0: every batch adversarial, its eps ramping up over the epoch (--eps-warmup 1)

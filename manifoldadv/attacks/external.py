@@ -17,6 +17,7 @@ from ..errors import UsageError
 
 EXTRA = "pip install 'manifoldadv[eval]'"
 AA_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+MIN_CLASSES_DLR = 4  # AutoAttack's with fewer classes: the standard version without apgd-t
 # attack name -> what runs: None is the standard version's four attacks, each on what the ones
 # before it left robust; otherwise that one attack with the standard version's settings
 RUNS = {"autoattack": None, "autoattack-l2": None, "autoattack-l1": None,
@@ -63,7 +64,16 @@ def run(model, x: torch.Tensor, y: torch.Tensor, name: str, norm: str, eps: floa
     with torch.random.fork_rng(devices=devices):
         aa = AutoAttack(model, device=x.device, eps=float(eps), norm=AA_NORM[norm], seed=seed, version="standard")
         aa.verbose = False
-        if RUNS[name] is not None:
-            aa.attacks_to_run = list(RUNS[name])
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1]
+        # the targeted attacks take the 9 most likely other classes: with fewer classes, all of them
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, classes - 1)
+        runs = list(RUNS[name]) if RUNS[name] is not None else list(aa.attacks_to_run)
+        if classes < MIN_CLASSES_DLR and "apgd-t" in runs:  # its targeted DLR loss reads the 4th-largest logit
+            if RUNS[name] is not None:
+                raise UsageError(f"{name} needs at least {MIN_CLASSES_DLR} classes (its targeted DLR loss); the "
+                                 f"model has {classes}")
+            runs.remove("apgd-t")
+        aa.attacks_to_run = runs
         x_adv, _ = aa.run_standard_evaluation(x.detach(), y.detach(), batch_size=len(x))
     return x_adv.to(x.dtype)

@@ -237,6 +237,10 @@ def _count(name: str, attack: str, v, most: int) -> int:
     return int(v)
 
 
+# the option that sets each budget (AttackKind.budget), in every command
+BUDGET_OPTIONS = {"linf": "--eps", "l2": "--l2-eps", "l1": "--l1-eps", "latent": "--latent-eps", "eigen": "--eigen-eps"}
+
+
 def default_step_size(eps: float, steps: int) -> float:
     return 2.5 * eps / max(steps, 1)
 
@@ -265,7 +269,10 @@ def make_spec(name: str, dataset: str, *, train: bool = False, eps: float | None
     d = defaults(dataset)
     if eps is None:
         by_budget = {"latent": d.latent_eps, "eigen": d.eigen.eps}
-        eps = by_budget[k.budget] if k.budget in by_budget else (d.train_eps if train else d.test_eps)[k.norm]
+        eps = by_budget[k.budget] if k.budget in by_budget else (d.train_eps if train else d.test_eps).get(k.norm)
+        if eps is None:  # a data set from outside has no default budgets
+            raise UsageError(f"data set {dataset} has no default budget for {name}: give it with "
+                             f"{BUDGET_OPTIONS[k.budget]}")
     eps = _number("eps", name, eps)
     if k.one_step:
         return AttackSpec(name, k.norm, float(eps), 1, float(eps), False, 1)

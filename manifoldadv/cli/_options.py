@@ -27,11 +27,25 @@ StrategyName = Enum("StrategyName", {s: s for s in STRATEGIES}, type=str)
 GeneratorName = Enum("GeneratorName", {g: g for g in models.available("cvae")}, type=str)
 
 
-Checkpoints = Annotated[list[Path], typer.Argument(help="Classifier checkpoints (.safetensors).", dir_okay=False)]
+Checkpoints = Annotated[list[str], typer.Argument(
+    help="Classifiers: checkpoints (.safetensors), factories package.module:function (weights from --weights) or "
+         "torch.export programs (.pt2).", show_default=False)]
+Weights = Annotated[Optional[list[Path]], typer.Option(
+    "--weights", dir_okay=False, help="Safetensors weights of a factory (its state dict, keys matched strictly, or a "
+                                      "manifoldadv checkpoint of it); one per factory, in order.")]
+Normalize = Annotated[Optional[str], typer.Option(
+    "--normalize", metavar="MEAN,STD",
+    help="Wrap factories and programs whose normalisation is outside the model: x -> (x - MEAN) / STD, two numbers "
+         "or one mean per channel then one std per channel. Images stay in [0, 1].")]
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout; logs go to stderr.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; results are deterministic for a seed on CPU.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.", case_sensitive=False)]
-Data = Annotated[DataName, typer.Option("--data", help="Data set.", case_sensitive=False)]
+DATA_HELP = (f"Data set: {', '.join(DATASETS)}, npz:PATH (arrays x_train, y_train, x_test, y_test) or folder:PATH "
+             f"(train/<class>/*.png|jpg and test/<class>/...).")
+Data = Annotated[str, typer.Option("--data", help=DATA_HELP)]
+DataFor = Annotated[Optional[str], typer.Option("--data", help=DATA_HELP + " Default: the checkpoints'; a factory or "
+                                                                          "a program needs it.")]
+Resize = Annotated[Optional[str], typer.Option("--resize", metavar="H,W", help="folder: data: resize every image to H,W (bilinear); without it they must share one size.")]
 DataRoot = Annotated[
     Optional[Path],
     typer.Option(
@@ -87,7 +101,8 @@ SyncBN = Annotated[bool, typer.Option("--sync-bn", help="With several processes 
 
 # name -> (annotated type, default), in the order `--help` lists them after a command's own
 RUN_OPTIONS = {"json_out": (Json, False), "seed": (Seed, 0), "device": (DeviceOpt, Device.auto), "quiet": (Quiet, False)}
-DATA_OPTIONS = {"data_root": (DataRoot, None), "limit": (Limit, None), "download": (Download, False)}
+DATA_OPTIONS = {"data_root": (DataRoot, None), "limit": (Limit, None), "download": (Download, False),
+                "resize": (Resize, None)}
 MODEL_OPTIONS = {"precision": (Precision, PrecisionName.fp32), "compile": (Compile, None)}
 
 
@@ -96,9 +111,27 @@ class Run:
 
     def __init__(self, **options):
         self.precision = "fp32"
-        self.compile = self.data_root = self.limit = None
+        self.compile = self.data_root = self.limit = self.resize = None
         self.download = False
         self.__dict__.update(options)
+
+    def data_name(self, text: str | None) -> str | None:
+        """--data as the name results record: a built-in set, or npz:/folder: with its path resolved
+        (and a folder's --resize)."""
+        from ..data import external
+        from ..errors import UsageError
+
+        if text is None:
+            if self.resize is not None:
+                raise UsageError("--resize applies to folder: data sets (--data folder:PATH)")
+            return None
+        if external.is_external(text):
+            return external.canonical(text, external.parse_resize(self.resize))
+        if text.lower() not in DATASETS:
+            raise UsageError(f"unknown data set {text!r} for --data; choose one of {', '.join(DATASETS)}, npz:PATH or folder:PATH")
+        if self.resize is not None:
+            raise UsageError("--resize applies to folder: data sets (--data folder:PATH)")
+        return text.lower()
 
     def start(self):
         """Apply --quiet and --seed, resolve --device and, under torchrun, join the process group

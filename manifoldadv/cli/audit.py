@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 
 from ..runtime import accel, console, versions
-from .. import checkpoint
 from ..evaluation.audit import audit as run_audit, failed
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Checkpoints, EigenK, Run, shared
-from .common import checkpoints_dataset, dataset as load_data, eigenbasis, load_cvae
+from ..data.external import describe as describe_data
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Checkpoints, DataFor, EigenK, Normalize, Run, Weights, shared
+from .common import classifiers, dataset as load_data, eigenbasis, load_classifiers, load_cvae
 
 VERDICT_STYLE = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "info": "info", "n/a": "n/a"}
 
@@ -34,6 +34,9 @@ def render(models: list[dict]) -> Table:
 def audit(
     run: Run,
     checkpoints: Checkpoints,
+    data: DataFor = None,
+    weights: Weights = None,
+    normalize: Normalize = None,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Test examples the checks use (the first N).")] = 500,
     eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget (default: the data set's test eps).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="PGD steps (default: the data set's).")] = None,
@@ -51,29 +54,28 @@ def audit(
     examples in their budget and the box, and their share in their subspace (with --k or --basis, or
     for an eigen-trained model). Exit 1 if any check fails."""
     dev = run.start()
-    data_name, metas = checkpoints_dataset(checkpoints)
+    refs, data_name, metas = classifiers(run, checkpoints, data, weights, normalize)
     cvae_model = load_cvae(cvae, dev, data_name)[0] if cvae is not None else None
     ds = load_data(data_name, run.data_root, run.limit, run.download)
     from ..training import MODES
 
-    trained = [MODES.get(m.get("mode")) for m in metas]
+    trained = [MODES.get(m.get("mode")) for m in metas if m is not None]
     wanted = k is not None or basis is not None or any(t is not None and t.needs_basis for t in trained)
     basis_model = eigenbasis(ds, k, basis, dev) if wanted else None
     compiled = accel.resolve_compile(run.compile, dev, "eval")
     models = []
-    for path, meta in zip(checkpoints, metas):
-        model, _ = checkpoint.load_model(path, kind="classifier", device=dev, dataset=data_name)
+    for model, rec in load_classifiers(refs, ds, dev):
         model = accel.prepare(model, precision=run.precision, compile=compiled, device=dev)
-        with console.doing(f"while auditing {path}", "audit writes nothing"):
+        with console.doing(f"while auditing {rec['ref']}", "audit writes nothing"):
             checks = run_audit(model, ds.test, data_name, device=dev, n=examples, eps=eps, steps=steps,
                                batch_size=batch_size, seed=run.seed, cvae=cvae_model, num_classes=ds.num_classes,
                                basis=basis_model)
-        models.append({"checkpoint": str(path), "label": meta.get("mode") or Path(path).stem,
+        models.append({"checkpoint": rec["ref"], "label": rec["label"], "origin": rec["origin"],
                        "checks": [c.as_dict() for c in checks], "failed": failed(checks)})
-        console.log(f"{path}: {sum(c.verdict == 'FAIL' for c in checks)} check(s) failed")
+        console.log(f"{rec['label']}: {sum(c.verdict == 'FAIL' for c in checks)} check(s) failed")
     any_failed = any(m["failed"] for m in models)
     if run.json_out:
-        console.emit_json({"dataset": data_name, "examples": min(examples, len(ds.test)), "seed": run.seed,
+        console.emit_json({"dataset": data_name, "data": describe_data(ds), "examples": min(examples, len(ds.test)), "seed": run.seed,
                            "versions": versions(),
                            "models": models, "failed": any_failed})
     else:

@@ -11,6 +11,7 @@ from ..data import load_dataset
 
 
 def dataset(name, data_root, limit, download, seed=0):
+    """The data set `name` (a built-in one, or npz:/folder:, canonical as Run.data_name gives it)."""
     console.log(f"loading {name} ...")
     return load_dataset(name, data_root, limit=limit, download=download, seed=seed)
 
@@ -36,13 +37,37 @@ def eigenbasis(ds, k: int | None, path: Path | None, device):
 
 def checkpoints_dataset(paths) -> tuple[str, list[dict]]:
     """(the data set, each checkpoint's metadata) of classifier checkpoints that must share one."""
+    from ..models import loading
+
+    return loading.data_of(loading.parse(paths), None)
+
+
+def classifiers(run, texts, data: str | None, weights=None, normalize=None):
+    """(model references, the data set's name, each checkpoint's metadata or None) of a command's
+    model arguments (checkpoints, factories, programs) and --data."""
+    from ..models import loading
+
+    refs = loading.parse(texts, weights=weights, normalize=normalize)
+    name, metas = loading.data_of(refs, run.data_name(data))
+    return refs, name, metas
+
+
+def load_classifiers(refs, ds, device) -> list[tuple]:
+    """Every model (model, record), each checked with one forward pass, before any work."""
+    from ..models import loading
+
+    return [loading.load(r, ds, device) for r in refs]
+
+
+def study_data(run, data: str) -> str:
+    """--data of `reproduce` and `tradeoff`: a built-in data set (the paper's tables are about them)."""
+    from ..data import external
     from ..errors import UsageError
 
-    metas = [checkpoint.load(p, kind="classifier").meta for p in paths]
-    names = {m["dataset"] for m in metas}
-    if len(names) > 1:
-        raise UsageError(f"checkpoints come from different data sets: {', '.join(sorted(names))}")
-    return (names.pop() if names else None), metas
+    if external.is_external(data):
+        raise UsageError(f"the study (reproduce, tradeoff) reproduces the paper's tables on its data sets; with "
+                         f"--data {data.split(':')[0]}:PATH use train, attack, audit, spectrum and profile")
+    return run.data_name(data)
 
 
 def study(run, data: str, run_dir: Path, *, strategy, **options):
@@ -50,6 +75,7 @@ def study(run, data: str, run_dir: Path, *, strategy, **options):
     torchrun group), seed and precision, the study's own options."""
     from ..study import Study
 
+    data = study_data(run, data)
     s = Study(data, run_dir, run.start(), seed=run.seed, strategy=strategy, precision=run.precision,
               compile=run.compile, **options)
     return s, s.subset(dataset(data, run.data_root, run.limit, run.download))

@@ -9,14 +9,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import checkpoint
 from ..config import defaults
 from ..evaluation import profile as P
 from ..evaluation.eigenbasis import split_digest
 from ..runtime import accel, console, outputs, versions
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Checkpoints, EigenK, Run, shared
-from .common import checkpoints_dataset, dataset as load_data, eigenbasis
+from ..data.external import describe as describe_data
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Checkpoints, DataFor, EigenK, Normalize, Run, Weights, shared
+from .common import classifiers, dataset as load_data, eigenbasis, load_classifiers
 
 
 def render(name: str, result: dict) -> Table:
@@ -33,6 +33,9 @@ def render(name: str, result: dict) -> Table:
 def profile(
     run: Run,
     checkpoints: Checkpoints,
+    data: DataFor = None,
+    weights: Weights = None,
+    normalize: Normalize = None,
     eps_grid: Annotated[Optional[str], typer.Option("--eps-grid", help="Comma-separated l2 budgets (default: 0.25, 0.5, 1, 1.5, 2 and 3 times the data set's eigen eps).")] = None,
     k: EigenK = None,
     basis: BasisFile = None,
@@ -50,34 +53,35 @@ def profile(
     --examples 2000 --plot-dir figures
     """
     dev = run.start()
-    data_name, metas = checkpoints_dataset(checkpoints)
+    refs, data_name, metas = classifiers(run, checkpoints, data, weights, normalize)
     grid = P.parse_grid(eps_grid, data_name)
-    figures = [outputs.check_figure(plot_dir / f"{Path(p).stem}-profile.png") for p in checkpoints] if plot_dir else []
+    names = [r.label for r in refs]
+    figures = [outputs.check_figure(plot_dir / f"{n.replace(':', '-')}-profile.png") for n in names] if plot_dir else []
     ds = load_data(data_name, run.data_root, run.limit, run.download)
+    loaded = load_classifiers(refs, ds, dev)
     found = eigenbasis(ds, k, basis, dev)
     test = ds.test.head(examples) if examples else ds.test
     bs = batch_size or defaults(data_name).eval_batch_size
     compiled = accel.resolve_compile(run.compile, dev, "eval")
     results = []
-    for path, meta in zip(checkpoints, metas):
-        model, meta = checkpoint.load_model(path, kind="classifier", device=dev, dataset=data_name)
+    for model, rec in loaded:
         model = accel.prepare(model, precision=run.precision, compile=compiled, device=dev)
-        name = meta.get("mode") or Path(path).stem
-        with console.doing(f"while profiling {path}", "profile writes its figures at the end"):
+        with console.doing(f"while profiling {rec['ref']}", "profile writes its figures at the end"):
             res = P.profile(model, test, found, grid, data_name, device=dev, seed=run.seed, batch_size=bs,
-                            steps=steps, restarts=restarts, label=name)
-        results.append({"checkpoint": str(path), "sha256": checkpoint.digest(path), "mode": meta.get("mode"), **res})
+                            steps=steps, restarts=restarts, label=rec["label"])
+        results.append({"checkpoint": rec["ref"], "sha256": rec["origin"]["sha256"], "mode": rec["mode"],
+                        "label": rec["label"], "origin": rec["origin"], **res})
     with outputs.together():
         for res, fig in zip(results, figures):
-            P.plot(fig, res, f"{data_name} {res['mode'] or Path(res['checkpoint']).stem}: n {len(test)}, "
+            P.plot(fig, res, f"{data_name} {res['label']}: n {len(test)}, "
                              f"k {found.k}")
     for fig in figures:
         console.log(f"wrote {fig}")
     if run.json_out:
-        console.emit_json({"dataset": data_name, "n": len(test), "test_digest": split_digest(test), "seed": run.seed,
+        console.emit_json({"dataset": data_name, "data": describe_data(ds), "n": len(test), "test_digest": split_digest(test), "seed": run.seed,
                            "versions": versions(), "eps_grid": grid,
                            "eigenbasis": found.describe(), **accel.record(run.precision, compiled),
                            "models": results})
         return
     for res in results:
-        console.out.print(render(res["mode"] or Path(res["checkpoint"]).stem, res))
+        console.out.print(render(res["label"], res))

@@ -11,7 +11,7 @@ from ..runtime import console
 from ..study import reproduce as study_run
 from ..study.seeds import parse as seed_list
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, FullChecks, Generator, Run, Strategy, StrategyName, SyncBN, shared
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, FullChecks, Generator, Run, Strategy, StrategyName, SyncBN, shared
 from . import common
 
 
@@ -19,7 +19,7 @@ from . import common
 @shared(DATA_OPTIONS, MODEL_OPTIONS)
 def reproduce(
     run: Run,
-    data: Data = DataName.synthetic,
+    data: Data = "synthetic",
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", file_okay=False, help="Output folder (default runs/<data>).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets: a smoke run; the report says so.")] = False,
     strategy: Strategy = StrategyName.avg,
@@ -41,6 +41,7 @@ def reproduce(
 
       manifoldadv reproduce --data mnist --generator cvae-gauss --train-steps 5 --seeds 0,1,2 --train-seeds 1,2
     """
+    data = common.study_data(run, data)
     run_dir = run_dir or Path("runs") / data
     study, ds = common.study(run, data, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
                              autoattack=autoattack, audit=audit, full_checks=full_checks, generator=generator,

@@ -17,8 +17,9 @@ from ..attacks import ATTACKS
 from ..errors import UsageError
 from ..evaluation.spectrum import DEFAULT_FLOOR_REL, TOP, compute, dimension, plot, summarize_all, to_json
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, BasisFile, DataName, EigenK, Run, shared
-from .common import checkpoints_dataset, dataset as load_data, eigenbasis
+from ..data.external import describe as describe_data
+from ._options import DATA_HELP, DATA_OPTIONS, MODEL_OPTIONS, BasisFile, EigenEps, EigenK, Normalize, Run, Weights, shared
+from .common import classifiers, dataset as load_data, eigenbasis, load_classifiers
 
 
 # auto, none, and every registered attack but clean
@@ -70,11 +71,18 @@ def write_csv(path: Path, sets) -> None:
 @shared(DATA_OPTIONS, MODEL_OPTIONS)
 def spectrum(
     run: Run,
-    checkpoints: Annotated[Optional[list[Path]], typer.Argument(help="Classifier checkpoints; each adds a robust test set.", dir_okay=False)] = None,
-    data: Annotated[Optional[DataName], typer.Option("--data", help="Data set (default: the checkpoints', else synthetic).", case_sensitive=False)] = None,
+    checkpoints: Annotated[Optional[list[str]], typer.Argument(help="Classifiers, each adds a robust test set: checkpoints (.safetensors), factories package.module:function (weights from --weights) or torch.export programs (.pt2).", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help=DATA_HELP + " Default: the checkpoints', else synthetic.")] = None,
+    weights: Weights = None,
+    normalize: Normalize = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated classes (default: all).")] = None,
     attack: Annotated[SpectrumAttack, typer.Option("--attack", help="auto: the attack an on-manifold model was trained against (vae, eigen), PGD otherwise.")] = SpectrumAttack.auto,
     cvae: Annotated[Optional[Path], typer.Option("--cvae", dir_okay=False, help="CVAE for the vae attack (default: the one the checkpoint was trained with).")] = None,
+    eps: Annotated[Optional[float], typer.Option("--eps", min=0.0, help="linf budget of the attack (default: the data set's test eps).")] = None,
+    l2_eps: Annotated[Optional[float], typer.Option("--l2-eps", min=0.0)] = None,
+    l1_eps: Annotated[Optional[float], typer.Option("--l1-eps", min=0.0)] = None,
+    latent_eps: Annotated[Optional[float], typer.Option("--latent-eps", min=0.0)] = None,
+    eigen_eps: EigenEps = None,
     k: EigenK = None,
     basis: BasisFile = None,
     plot_path: Annotated[Optional[Path], typer.Option("--plot", dir_okay=False, help="Write the Figure-2 style plot (.png, .pdf or .svg).")] = None,
@@ -90,18 +98,17 @@ def spectrum(
         outputs.check_figure(plot_path, "plot")
     if csv is not None:
         outputs.check_file(csv, "CSV")
-    checkpoints = checkpoints or []
-    data_name, _ = checkpoints_dataset(checkpoints)
-    data_name = data_name or (data if data else "synthetic")
-    if data is not None and data != data_name:
-        raise UsageError(f"--data {data} does not match the checkpoints' data set {data_name}")
+    refs, data_name, _ = classifiers(run, checkpoints or [], data, weights, normalize)
+    data_name = data_name or "synthetic"
     ds = load_data(data_name, run.data_root, run.limit, run.download)
+    loaded = load_classifiers(refs, ds, dev)
     cls = parse_classes(classes, ds.num_classes)
     top = top or ds.info.get("manifold_rank", TOP)
     compiled = accel.resolve_compile(run.compile, dev, "eval")
-    sets = compute(checkpoints, ds, cls, dev, attack=attack, cvae=cvae, basis=lambda: eigenbasis(ds, k, basis, dev),
+    sets = compute(loaded, ds, cls, dev, attack=attack, cvae=cvae, basis=lambda: eigenbasis(ds, k, basis, dev),
                    batch_size=batch_size, seed=run.seed,
-                   reconstructions=recon, top=top, precision=run.precision, compile=compiled)
+                   reconstructions=recon, top=top, precision=run.precision, compile=compiled,
+                   budgets={"linf": eps, "l2": l2_eps, "l1": l1_eps, "latent": latent_eps, "eigen": eigen_eps})
     summary = summarize_all(sets, floor_rel=floor, top=top)
     with outputs.together():
         if plot_path is not None:
@@ -112,7 +119,10 @@ def spectrum(
         if path is not None:
             console.log(f"wrote {path}")
     if run.json_out:
-        console.emit_json({"dataset": data_name, "versions": versions(), **accel.record(run.precision, compiled),
+        console.emit_json({"dataset": data_name, "data": describe_data(ds),
+                           "models": [{"checkpoint": rec["ref"], "label": rec["label"], "origin": rec["origin"]}
+                                      for _, rec in loaded],
+                           "versions": versions(), **accel.record(run.precision, compiled),
                            **to_json(sets, summary, cls, floor, top)})
         return
     if summary:

@@ -9,7 +9,7 @@ import typer
 from ..runtime import console
 from ..study import tables
 from ._app import app
-from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, DataName, FullChecks, Generator, Run, Strategy, StrategyName, SyncBN, shared
+from ._options import DATA_OPTIONS, MODEL_OPTIONS, Data, FullChecks, Generator, Run, Strategy, StrategyName, SyncBN, shared
 from . import common
 
 
@@ -17,7 +17,7 @@ from . import common
 @shared(DATA_OPTIONS, MODEL_OPTIONS)
 def tradeoff(
     run: Run,
-    data: Data = DataName.synthetic,
+    data: Data = "synthetic",
     run_dir: Annotated[Path, typer.Option("--run-dir", file_okay=False, help="Where the checkpoints are (missing ones are trained there).")] = Path("runs"),
     strategy: Strategy = StrategyName.avg,
     quick: Annotated[bool, typer.Option("--quick", help="Short schedules and subsets (smoke run).")] = False,
@@ -29,6 +29,7 @@ def tradeoff(
 ) -> None:
     """l1-adv / l-inf-adv / joint-lp, PGD-adv / VAE-adv / joint and PGD-adv / eigen-adv / joint-eigen under
     their attacks, and the trade-off."""
+    data = common.study_data(run, data)
     study, ds = common.study(run, data, run_dir, strategy=strategy, quick=quick, train_steps=train_steps,
                              autoattack=autoattack, audit=False, full_checks=full_checks, generator=generator, sync_bn=sync_bn)
     with console.doing("", f"finished models and evaluations are kept in {study.run_dir}; "

@@ -11,7 +11,7 @@ from .. import config, training
 from ..attacks import graphed
 from ..runtime import console, outputs
 from ._app import app
-from ._options import (DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Data, DataName, EigenEps, EigenK, Mode, ModeName, Run,
+from ._options import (DATA_OPTIONS, MODEL_OPTIONS, BasisFile, Data, EigenEps, EigenK, Mode, ModeName, Run,
                        Strategy, StrategyName, SyncBN, shared)
 from .common import dataset as load_data
 
@@ -20,9 +20,9 @@ from .common import dataset as load_data
 @shared(DATA_OPTIONS, MODEL_OPTIONS)
 def train(
     run: Run,
-    data: Data = DataName.synthetic,
+    data: Data = "synthetic",
     mode: Mode = ModeName.std,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name (default: the data set's; see README).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name, or a factory package.module:function (default: the data set's; see README).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs (default: paper's).")] = None,
     adv_start: Annotated[Optional[int], typer.Option("--adv-start", min=0, help="First adversarial epoch (0-based count of clean epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
@@ -52,8 +52,16 @@ def train(
         help="CUDA: replay each training attack's K steps as one CUDA graph (same results as eager). Default: off "
              "(experimental, see docs/gpu.md).")] = None,
 ) -> None:
-    """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch."""
+    """Train a classifier (or, with --mode cvae, the conditional VAE); checkpoint every epoch.
+
+    --model takes a registered model or a factory package.module:function (called with in_shape and
+    num_classes when it takes them). Data from outside has no default budgets: give the eps of
+    each attack the mode trains with (--eps, --l2-eps, --l1-eps, --latent-eps, --eigen-eps).
+
+    Example: manifoldadv train --data npz:mydata.npz --mode pgd --eps 0.1 --model mymodels:small_cnn
+    """
     dev = run.start()
+    data = run.data_name(data)
 
     def resolve(latent_budget):
         return training.resolve_config(

@@ -11,7 +11,7 @@ import io
 import os
 import pickle
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +76,24 @@ def load_dataset(
     limit: int | None = None,
     seed: int = 0,
     download: bool = False,
+    resize: tuple[int, int] | None = None,
 ) -> Dataset:
-    """Load a data set by name; `limit` keeps the first N training and N test examples."""
-    name = name.lower()
-    if name not in SOURCES:
-        raise UsageError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    """Load a data set by name (a built-in one, or npz:PATH / folder:PATH, see external.py);
+    `limit` keeps the first N training and N test examples."""
+    from . import external
+
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
-    ds = SOURCES[name](data_root(root), download)
+    if external.is_external(name):
+        ds = external.load(name, resize)
+        ds = replace(ds, info={k: v for k, v in ds.info.items() if k != "digest"})  # the cached one stays whole
+    else:
+        name = name.lower()
+        if name not in SOURCES:
+            raise UsageError(f"unknown data set {name!r} for --data; choose one of {', '.join(DATASETS)}, npz:PATH or folder:PATH")
+        if resize is not None:
+            raise UsageError("--resize applies to folder: data sets")
+        ds = SOURCES[name](data_root(root), download)
     if limit is not None:
         ds.train, ds.test = ds.train.head(limit), ds.test.head(limit)
     return ds

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..attacks import external
 from ..data import loader
 from ..attacks import AttackSpec, frozen, latent_search, make_spec, perturb, with_overrides
-from ..config import latent_eps
+from ..config import defaults, latent_eps
 from .accuracy import make_generator
 
 EPS_GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of the budget for the monotonicity check
@@ -196,7 +196,11 @@ class Auditor:
         if self.cvae is None:
             return Check("j", "latent attack: pixel distortion beside the latent budget", "n/a", None,
                          "no CVAE given (--cvae)")
-        spec = make_spec("vae", self.dataset, eps=latent_eps(self.dataset, self.cvae.latent))
+        eps = latent_eps(self.dataset, self.cvae.latent)
+        if eps is None:
+            return Check("j", "latent attack: pixel distortion beside the latent budget", "n/a", None,
+                         f"{self.dataset} has no default latent budget")
+        spec = make_spec("vae", self.dataset, eps=eps)
         dists = []
         for i in range(0, len(self.x), self.batch_size):
             xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
@@ -220,9 +224,11 @@ class Auditor:
             return Check("k", name, "n/a", None, "no eigenbasis (--k or --basis, or an eigen-trained model)")
         from ..attacks.eigen import ClassSpan
 
+        if defaults(self.dataset).eigen.eps is None:
+            return Check("k", name, "n/a", None, f"{self.dataset} has no default eigenspace budget")
         problems, shares = [], {}
-        for attack in ("eigen", "eigen-off", "eigen-off-l2"):
-            spec = make_spec(attack, self.dataset)
+        for attack in ("eigen", "eigen-off", "eigen-off-l2"):  # eigen-off: linf, the audit's PGD budget
+            spec = make_spec(attack, self.dataset, eps=self.pgd.eps if attack == "eigen-off" else None)
             x_adv, correct = self.attack(spec)
             d = (x_adv - self.x).flatten(1).double()
             size = d.abs().max(1).values if spec.norm == "linf" else d.norm(dim=1)

@@ -164,7 +164,9 @@ def obtain(split: Split, num_classes: int, k: int | None, *, dataset: str, cache
 
         k = defaults(dataset).eigen.k
     if path is None:
-        path = Path(cache_dir or globals()["cache_dir"]()) / f"{dataset}-eigenbasis-k{k}-{digest}.safetensors"
+        from ..data.external import slug
+
+        path = Path(cache_dir or globals()["cache_dir"]()) / f"{slug(dataset)}-eigenbasis-k{k}-{digest}.safetensors"
     path = Path(path)
     if path.exists():
         return load(path, dataset=dataset, digest=digest, k=k)

@@ -21,6 +21,8 @@ GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # multiples of the data set's eigen eps
 
 def default_grid(dataset: str) -> list[float]:
     eps = defaults(dataset).eigen.eps
+    if eps is None:
+        raise UsageError(f"data set {dataset} has no default eigenspace budget: give --eps-grid")
     return [round(eps * f, 6) for f in GRID]
 
 

@@ -219,8 +219,10 @@ def auto_attack(meta: dict) -> str:
 
 
 def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, basis=None, batch_size=500, seed=0, steps=None,
-            reconstructions: bool = False, top: int = TOP, precision: str = "fp32", compile: bool = False):
-    """The clean set, then one robust set per checkpoint (attacked with `attack`, or per `auto_attack`).
+            reconstructions: bool = False, top: int = TOP, precision: str = "fp32", compile: bool = False,
+            budgets: dict | None = None):
+    """The clean set, then one robust set per checkpoint (a path, or a (model, record) pair of
+    models.loading), attacked with `attack`, or per `auto_attack`.
     basis: the class eigenbasis of the eigenspace attacks, or a function making it when one is needed.
 
     Each robust set also records the share of its perturbations' energy in the clean class's `top`
@@ -240,8 +242,14 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, basis=No
         counts, spectra, covs = measure("clean")
         sets.append(SetSpectrum("clean", None, "none", counts, spectra))
         directions = top_directions(covs, spectra, top) if checkpoints else {}
-        for path in checkpoints:
-            model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
+        for item in checkpoints:
+            if isinstance(item, tuple):  # (model, record) as models.loading gives it
+                model, rec = item
+                path, meta, stem = rec["ref"], rec["meta"] or {}, rec["label"]
+            else:
+                path = item
+                model, meta = checkpoint.load_model(path, kind="classifier", device=dev)
+                stem = Path(path).stem
             model = accel.prepare(model, precision=precision, compile=compile, device=dev)
             name = attack if attack != "auto" else auto_attack(meta)
             if name == "none":
@@ -259,9 +267,11 @@ def compute(checkpoints, ds, classes, dev, *, attack="auto", cvae=None, basis=No
                         sets.append(SetSpectrum(baseline, str(cvae_path), "reconstruction", counts, spectra))
             if "basis" in needs(name) and callable(basis):
                 basis = basis()
-            budgets = {"latent": latent_eps(ds.name, cvae_model.latent)} if cvae_model is not None else None
-            spec = spec_for(name, ds.name, steps=steps, budgets=budgets)
-            label = f"{meta.get('mode') or Path(path).stem}-adv / {name}"
+            given = {k: v for k, v in (budgets or {}).items() if v is not None}
+            if cvae_model is not None and "latent" not in given:
+                given["latent"] = latent_eps(ds.name, cvae_model.latent)
+            spec = spec_for(name, ds.name, steps=steps, budgets=given)
+            label = f"{meta.get('mode') or stem}-adv / {name}"
             energy = PerturbationEnergy(directions)
             counts, spectra, _ = measure(label, energy, transform=attacked(model, spec, cvae_model, basis))
             sets.append(SetSpectrum(label, str(path), name, counts, spectra, baseline, energy.fractions()))

@@ -51,6 +51,10 @@ def available(kind: str | None = None) -> list[str]:
 
 
 def spec(name: str) -> ModelSpec:
+    from . import factory
+
+    if factory.is_factory(name):  # a user's architecture (models/factory.py): a classifier
+        return ModelSpec(name, "classifier", lambda **kw: factory.build(name, **kw), f"factory {name}")
     if name not in _REGISTRY:
         raise UsageError(f"unknown model {name!r}; choose one of {', '.join(available())}")
     return _REGISTRY[name]
@@ -102,7 +106,15 @@ def create(name: str, *, in_shape, num_classes: int, mean=None, std=None, **kwar
         c = in_shape[0]
         mean = tuple(mean) if mean is not None else (0.0,) * c
         std = tuple(std) if std is not None else (1.0,) * c
-        net, channels_last = s.builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+        if name in _REGISTRY:
+            net, channels_last = s.builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+        else:  # a factory: its module as it comes, channels-last when it convolves (as ours are)
+            from . import factory
+
+            if kwargs:
+                raise UsageError(f"factory {name} takes no model options, got {', '.join(kwargs)}")
+            net = s.builder(in_shape=tuple(in_shape), num_classes=num_classes)
+            channels_last = factory.has_conv(net)
         return Classifier(net, mean, std, channels_last)
     return s.builder(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
 

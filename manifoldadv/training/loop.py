@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint, models
+from ..data.external import describe as describe_data
 from ..attacks import graphed
 from ..data import Dataset, Split, loader
 from ..errors import CheckpointError, TrainingError, UsageError
@@ -52,6 +53,7 @@ def _meta(cfg: TrainConfig, dataset: Dataset, model_kind: str, epoch: int, histo
         "in_shape": list(dataset.shape),
         "num_classes": dataset.num_classes,
         "dataset": cfg.data,
+        "data": describe_data(dataset),
         "n_train": len(dataset.train),  # what training really saw (the limit, or the whole set)
         "n_test": len(dataset.test),
         "mode": cfg.mode,

@@ -64,7 +64,9 @@ class ModeKind:
 
     def checkpoint_name(self, data: str, strategy: str = "avg") -> str:
         suffix = "-max" if self.joint and strategy == "max" else ""
-        return f"{data}-{self.name}{suffix}.safetensors"
+        from ..data.external import slug
+
+        return f"{slug(data)}-{self.name}{suffix}.safetensors"
 
     def combine(self, losses: list[torch.Tensor], strategy: str) -> torch.Tensor:
         """Per-example loss from each attack's per-example losses."""
