@@ -111,7 +111,7 @@ DEFAULTS: dict[str, DataDefaults] = {
         cvae=CVAEDefaults("cvae-mlp", epochs=15, lr=1e-3, batch_size=64, latent=6,
                           extra={"likelihood": "gaussian", "sigma": 0.05}),
         eigen=EigenDefaults(k=6, eps=1.0, steps=10, step_ratio=0.5),
-        quick=QuickSchedule(epochs=3, adv_start=1, steps=5, cvae_epochs=6, train=3000, test=1000),
+        quick=QuickSchedule(epochs=3, adv_start=1, steps=5, cvae_epochs=6, train=3000, test=500),
     ),
 }
 

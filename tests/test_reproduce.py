@@ -26,7 +26,9 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     assert [a["steps"] for a in results["models"]["eigen"]["hparams"]["attacks"]] == [10]
     assert results["quick"] is True and results["data"] == "synthetic" and results["n_test"] == 120
     assert set(results["table1"]) == {"clean", "fgsm", "pgd", "vae", "eigen", "autoattack"}
-    assert set(results["tradeoff"]["lp"]) == {"l1", "pgd", "autoattack-l1", "autoattack"}
+    # a quick run leaves AutoAttack-l1 out, and says so
+    assert set(results["tradeoff"]["lp"]) == {"l1", "pgd", "autoattack"}
+    assert results["autoattack"] == {"examples": 20, "skipped": ["autoattack-l1"]}
     assert set(results["audit"]["models"]) == {"std", "fgsm", "pgd", "vae", "joint", "l1", "joint-lp", "eigen",
                                                "joint-eigen"}
     assert all(len(checks) == 11 for checks in results["audit"]["models"].values())
@@ -47,6 +49,7 @@ def test_reproduce_tiny_writes_report_results_and_figures(tmp_path):
     text = (run / "report.md").read_text()
     assert "QUICK smoke run" in text and "with 2 PGD steps" in text and "## Table 1" in text and "## Table 2" in text and "Measured trade-off" in text
     assert "| AutoAttack (l-inf) |" in text and "## Audit of every model" in text and "on the first 20 test examples" in text
+    assert "A quick run leaves out autoattack-l1" in text
     assert "## Eigenspace attacks and the box" in text and "regular vs eigenspace" in text
     # one training and one evaluation seed: every cell is its single measurement
     assert results["seeds"] == {"eval": [0], "train": [0], "seeded_modes": [], "replicates": {}}

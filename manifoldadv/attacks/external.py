@@ -66,8 +66,10 @@ def run(model, x: torch.Tensor, y: torch.Tensor, name: str, norm: str, eps: floa
         aa.verbose = False
         with torch.no_grad():
             classes = model(x[:1]).shape[1]
-        # the targeted attacks take the 9 most likely other classes: with fewer classes, all of them
-        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, classes - 1)
+        # the targeted attacks take the standard version's number of most likely other classes (9, or
+        # 5 for apgd-t in l1): with fewer classes, all of them
+        for attack in (aa.apgd_targeted, aa.fab):
+            attack.n_target_classes = min(attack.n_target_classes, classes - 1)
         runs = list(RUNS[name]) if RUNS[name] is not None else list(aa.attacks_to_run)
         if classes < MIN_CLASSES_DLR and "apgd-t" in runs:  # its targeted DLR loss reads the 4th-largest logit
             if RUNS[name] is not None:

@@ -135,7 +135,9 @@ def autoattack_note(r: dict) -> list[str]:
     if not aa:
         return []
     return ["", f"AutoAttack rows (here and in Table 2): the authors' standard version (`pyautoattack`), on the first "
-                f"{aa['examples']} test examples; the other rows on all {r['n_test']}."]
+                f"{aa['examples']} test examples; the other rows on all {r['n_test']}."
+                + (f" A quick run leaves out {', '.join(aa['skipped'])} (the costliest; run without --quick)."
+                   if aa.get("skipped") else "")]
 
 
 def audit_md(audit: dict) -> str:

@@ -23,7 +23,7 @@ from ..data import Dataset
 from ..runtime import versions
 from ..evaluation.spectrum import DEFAULT_FLOOR_REL, TOP, SetSpectrum, compute, plot, summarize_all
 from ..training import CVAE
-from .study import ALL_MODES, Study
+from .study import ALL_MODES, QUICK_SKIPS, Study
 
 THEORY_SAMPLES = {"quick": 20_000, "full": 200_000}
 # for the report's figure: a nearly rank-5 spectrum, where Theorems 5 and 6 separate cleanly
@@ -189,7 +189,8 @@ def run(study: Study, ds: Dataset, *, theory: bool = True) -> dict:
         "table1": table1,
         "table1_paper": paper.table1(study.data),
         "tradeoff": trade,
-        "autoattack": {"examples": len(study.checked(ds.test))} if study.autoattack else None,
+        "autoattack": {"examples": len(study.checked(ds.test)),
+                       "skipped": [a for a in QUICK_SKIPS if study.quick]} if study.autoattack else None,
         "audit": {"examples": len(study.checked(ds.test)), "models": audits} if audits else None,
         "tradeoff_paper": {"table2": paper.table2(study.data), "drops": tables.paper_drops(study.data)},
         "evaluations": list(evals.values()),
