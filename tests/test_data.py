@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from manifoldadv.data import data_root, load_dataset, make_synthetic, read_idx
+from manifoldadv.data import Split, data_root, load_dataset, make_synthetic, read_idx, split_digest
 from manifoldadv.errors import DataError, UsageError
 
 from helpers import assert_usage_error, cli, write_fake_cifar, write_fake_mnist, write_idx
@@ -136,3 +136,20 @@ def test_cli_missing_data_is_one_line(tmp_path):
 def test_unknown_dataset_name():
     with pytest.raises(UsageError):
         load_dataset("imagenet")
+
+
+def test_split_digest_hashes_every_pixel_and_label_in_order():
+    g = torch.Generator().manual_seed(0)
+    a = Split(torch.randint(0, 256, (5, 1, 4, 4), generator=g, dtype=torch.uint8), torch.arange(5))
+    b = Split(a.x[:3].float() / 255, torch.tensor([1, 0, 1]))
+    ref = hashlib.sha256()
+    for s in (a, b):
+        ref.update(s.x.float().numpy().tobytes())
+        ref.update(s.y.long().numpy().tobytes())
+    assert split_digest(a, b) == ref.hexdigest()[:16]
+    assert split_digest(a, b) != split_digest(b, a)
+    flipped = Split(b.x, torch.tensor([1, 0, 0]))
+    assert split_digest(a, flipped) != split_digest(a, b)
+    moved = Split(a.x.clone(), a.y)
+    moved.x[4, 0, 3, 3] ^= 1
+    assert split_digest(moved, b) != split_digest(a, b)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..evaluation.eigenbasis import split_digest
+from ..data import split_digest
 from ..runtime import accel, console, versions
 from ..attacks import ATTACKS, WORST, describe, needs, spec_for, worst_name
 from .. import config

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..config import defaults
 from ..evaluation import profile as P
-from ..evaluation.eigenbasis import split_digest
+from ..data import split_digest
 from ..runtime import accel, console, outputs, versions
 from ._app import app
 from ..data.external import describe as describe_data

@@ -7,6 +7,7 @@ Images are float32 in [0, 1] when handed out; normalisation lives inside the mod
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -40,6 +41,16 @@ class Split:
 
     def head(self, n: int | None) -> "Split":
         return self if n is None else Split(self.x[:n], self.y[:n])
+
+
+def split_digest(*splits: Split) -> str:
+    """What a result or a basis came from: the first 16 hex digits of the SHA-256 of the splits'
+    images (as stored, cast to float32) and labels (int64), in order."""
+    h = hashlib.sha256()
+    for split in splits:
+        h.update(split.x.detach().cpu().float().contiguous().numpy().tobytes())
+        h.update(split.y.detach().cpu().long().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass

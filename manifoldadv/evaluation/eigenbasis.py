@@ -5,7 +5,6 @@ covariance op, and cached as a safetensors file keyed by the training split's di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,22 +14,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from ..data import Split
+from ..data import Split, split_digest
 from ..errors import UsageError
 from ..runtime import console
 from ..runtime.outputs import atomic_write_bytes
 from .spectrum import accumulate
 
 FORMAT = "manifoldadv-eigenbasis-2"  # 2: with each class's total variance
-
-
-def split_digest(split: Split) -> str:
-    """What a basis was computed from: the first 16 hex digits of the SHA-256 of the split's
-    images (float32) and labels (int64)."""
-    h = hashlib.sha256()
-    h.update(split.x.detach().cpu().float().contiguous().numpy().tobytes())
-    h.update(split.y.detach().cpu().long().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
