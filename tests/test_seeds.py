@@ -100,6 +100,21 @@ def test_identical_seeds_give_identical_cells_and_training_seeds_replicate(tmp_p
     assert sorted((r["train_seed"], r["eval_seed"]) for r in rows) == [(0, 0), (0, 1)]  # seed 1's in its folder
 
 
+
+@pytest.mark.slow
+def test_a_replicate_trained_only_with_vae_gives_its_vae_robust_spectrum(tmp_path):
+    from manifoldadv.data import load_dataset
+    from manifoldadv.study import Study, reproduce
+
+    ds = load_dataset("synthetic", limit=60)
+    study = Study("synthetic", tmp_path, "cpu", quick=True, autoattack=False, train_seeds=(1,), seeded_modes=("vae",))
+    study.replicate(1).ensure_trained("vae", ds)
+    reps = reproduce.replicate_spectra(study, ds, top=6)
+    assert list(reps) == ["1"]
+    sets = {x["set"].split(" / ")[0] for x in reps["1"]}
+    assert sets == {"vae-adv", "reconstruction"} and {x["reference"] for x in reps["1"]} >= {"clean"}
+    assert all(x["top_ratio"] > 0 and x["tail_ratio"] > 0 for x in reps["1"])
+
 PAPER_RESULTS = {"data": "mnist", "seed": 0, "table1": paper.table1("mnist"),
                  "tradeoff": {"drops": tables.drops(paper.table2("mnist"))}}
 
@@ -185,3 +200,16 @@ def test_figure_2_claims_read_the_ratios_and_their_spread_over_training_seeds():
     assert [c["verdict"] for c in claims.spectra_claims(r)] == ["does not hold", "does not hold"]
     r["spectra"]["summary"] = _spectra((1.1, 8.0), (1.2, 1.5))  # both lift both
     assert [c["verdict"] for c in claims.spectra_claims(r)] == ["partly", "partly"]
+
+
+def test_the_eigenspace_table_says_which_evaluation_seed_each_row_is():
+    from manifoldadv.study import report
+
+    row = {"mode": "std", "attack": "eigen", "name": "eigen", "norm": "l2", "eps": 1.0, "steps": 10, "step_size": 0.5,
+           "space": "input", "subspace": "on", "accuracy": 0.88, "subspace_share": 0.98, "box_kept": 0.96}
+    basis = {"k": 100, "explained_mean": 0.935, "explained_min": 0.92}
+    two = "\n".join(report.eigen_md({"evaluations": [{**row, "eval_seed": 0}, {**row, "eval_seed": 1, "accuracy": 0.87}],
+                                     "eigenbasis": basis}))
+    assert "(evaluation seed 0)" in two and "(evaluation seed 1) | eigen" in two and "87.00%" in two
+    one = "\n".join(report.eigen_md({"evaluations": [{**row, "eval_seed": 0}], "eigenbasis": basis}))
+    assert "evaluation seed" not in one and "| Std training | eigen" in one

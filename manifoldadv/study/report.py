@@ -104,7 +104,12 @@ def eigen_md(r: dict) -> list[str]:
     basis = r.get("eigenbasis")
     if not rows or not basis:
         return []
-    body = [[NAMES.get(e["mode"], e["mode"]), describe(e), pct(e["accuracy"]), f"{100 * e['subspace_share']:.1f}%",
+    several = len({e.get("eval_seed") for e in rows}) > 1  # then one row per evaluation seed: say which
+
+    def model(e):
+        return NAMES.get(e["mode"], e["mode"]) + (f" (evaluation seed {e['eval_seed']})" if several else "")
+
+    body = [[model(e), describe(e), pct(e["accuracy"]), f"{100 * e['subspace_share']:.1f}%",
              f"{100 * e['box_kept']:.1f}%"] for e in rows]
     return ["## Eigenspace attacks and the box", "",
             f"Each class's eigenspace: the top {basis['k']} eigenvectors of its training covariance, holding "

@@ -45,21 +45,22 @@ def _cached(study: Study, name: str, key: dict, fn):
 
 
 def replicate_spectra(study: Study, ds: Dataset, top: int) -> dict:
-    """training seed -> the Figure 2 summary of that replicate's PGD- and VAE-robust sets, for each
-    replicate that trained both (the spread of the Figure 2 ratios over training seeds)."""
+    """training seed -> the Figure 2 summary of that replicate's PGD- and VAE-robust sets (those of
+    the two it trained: the spread of the Figure 2 ratios over training seeds)."""
     out = {}
     full = dataclasses.replace(ds, test=study.spectra_test or ds.test)
+    modes = [m for m in ("pgd", "vae") if m in study.seeded_modes]
     for seed in study.train_seeds:
         rep = study.replicate(seed)
-        if rep is study or not {"pgd", "vae"} <= set(study.seeded_modes):
+        if rep is study or not modes:
             continue
-        pgd, vae = rep.path("pgd"), rep.path("vae")
-        key = {"pgd": digest(pgd), "vae": digest(vae), "cvae": digest(rep.path(CVAE)), "n": len(full.test),
+        paths = [rep.path(m) for m in modes]
+        key = {**{m: digest(p) for m, p in zip(modes, paths)}, "cvae": digest(rep.path(CVAE)), "n": len(full.test),
                "steps": study.eval_steps, "seed": rep.seed, "top": top, "floor": DEFAULT_FLOOR_REL,
                "precision": study.precision}
 
-        def run(pgd=pgd, vae=vae, rep=rep):
-            sets = compute([pgd, vae], full, list(range(ds.num_classes)), study.device, seed=rep.seed,
+        def run(paths=paths, rep=rep):
+            sets = compute(paths, full, list(range(ds.num_classes)), study.device, seed=rep.seed,
                            steps=study.eval_steps, reconstructions=True, top=top, precision=study.precision,
                            compile=accel.resolve_compile(study.compile, study.device, "eval"))
             return summarize_all(sets, top=top)
