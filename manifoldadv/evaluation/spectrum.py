@@ -203,7 +203,10 @@ def plot(path, sets: list[SetSpectrum], classes, *, top: int = TOP, title: str =
         axes[row, 0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins: tight_layout draws every text once more (as long again as the save)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.6 / height, top=1 - (0.75 if title else 0.4) / height,
+                        wspace=0.18, hspace=0.45)
     titles = [ax.get_title() for ax in axes.flat]
     save_figure(fig, path)
     return titles

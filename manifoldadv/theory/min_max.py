@@ -8,12 +8,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import linalg as sla
-from scipy import optimize
 
 from .gaussian import eigh_desc, fit_ppca, population, strategy_covariance
 from .saddle import original_saddle, original_saddle_matrix
-from .solvers import matrix_lagrangian
+from .solvers import matrix_lagrangian, minimize
 
 
 class LogCholesky:
@@ -85,7 +83,7 @@ def brute_saddle(
 
     def inner(Sigma):
         Si = np.linalg.inv(Sigma)
-        res = optimize.minimize(matrix_lagrangian(Wq, Si, Sq, L), B_warm[0].ravel(), jac=True, method="L-BFGS-B",
+        res = minimize(matrix_lagrangian(Wq, Si, Sq, L), B_warm[0].ravel(), jac=True, method="L-BFGS-B",
                                 options={"gtol": 1e-13, "ftol": 1e-16, "maxiter": 10000})
         B = res.x.reshape(k, n)
         B_warm[0] = B
@@ -127,7 +125,7 @@ def brute_saddle(
         theta0 = np.log(np.einsum("ij,jk,ki->i", Uq.T, S0, Uq))
     else:
         theta0 = chol.coordinates(S0)
-    res = optimize.minimize(fun, theta0, jac=True, method="BFGS", options={"gtol": 1e-11, "maxiter": 3000})
+    res = minimize(fun, theta0, jac=True, method="BFGS", options={"gtol": 1e-11, "maxiter": 3000})
     Sigma = Q @ build(res.x) @ Q.T
     w, _ = eigh_desc(Sigma)
     w = np.where(np.abs(w) <= 1e-12 * w.max(), 0.0, w)
@@ -149,6 +147,8 @@ def ilyas_matrix_form(lam, Lp: float, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     pop = population(lam, rng)
     S = pop.Sigma
+    from scipy import linalg as sla
+
     ref = S / 2.0 + np.eye(pop.d) / Lp + np.real(sla.sqrtm(S / Lp + S @ S / 4.0))
     ours = (pop.U * original_saddle(pop.lam, Lp)) @ pop.U.T
     return {"max_rel_diff": float(np.max(np.abs(ref - ours)) / np.max(np.abs(ref))),
@@ -187,7 +187,7 @@ def augmentation_check(lam, q: int, n: int, m: int, seed: int = 0) -> dict:
         return val, np.concatenate([g_mu, chol.gradient(dS, C)])
 
     theta0 = np.concatenate([np.zeros(d), chol.coordinates(np.cov(X.T) + np.eye(d))])
-    res = optimize.minimize(fun, theta0, jac=True, method="BFGS", options={"gtol": 1e-12, "maxiter": 5000})
+    res = minimize(fun, theta0, jac=True, method="BFGS", options={"gtol": 1e-12, "maxiter": 5000})
     mu_opt, C = res.x[:d], chol.factor(res.x[d:])
     w_opt, _ = eigh_desc(C @ C.T)
     Xg = gen.decode_mean(rng.standard_normal((m, q))) + math.sqrt(gen.sigma2) * rng.standard_normal((m, d)) if m else np.zeros((0, d))

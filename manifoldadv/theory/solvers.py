@@ -6,7 +6,6 @@ equations of Theorems 5 and 6 solved by bisection on their monotone residuals.""
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize
 
 from .closed_form import (as_spectrum, latent_perturbation_matrix, original_perturbation_matrix, ppca,
                           strategy_spectrum)
@@ -15,6 +14,13 @@ from .saddle import latent_fixed_point_map, original_fixed_point_map
 
 
 # --------------------------------------------------------------------------- inner maximisation
+
+
+def minimize(*args, **kw):
+    """scipy.optimize.minimize, imported on first use (scipy.optimize is 0.4 s of every CLI start)."""
+    from scipy import optimize
+
+    return optimize.minimize(*args, **kw)
 
 
 def lagrangian_unbounded(lam, Lp: float, x_scale: float = 1.0, seed: int = 0) -> dict:
@@ -33,7 +39,7 @@ def lagrangian_unbounded(lam, Lp: float, x_scale: float = 1.0, seed: int = 0) ->
         v = loss((x + dx)[None, :])[0] - 0.5 * Lp * dx @ dx
         return -v if np.isfinite(v) else -1e300
 
-    res = optimize.minimize(obj, np.zeros(pop.d), method="BFGS", options={"maxiter": 200})
+    res = minimize(obj, np.zeros(pop.d), method="BFGS", options={"maxiter": 200})
     u = pop.U[:, -1]
     ts = 10.0 ** np.arange(0, 7)
     along = [float(loss((x + t * u)[None, :])[0] - 0.5 * Lp * t * t - loss(x[None, :])[0]) for t in ts]
@@ -42,7 +48,7 @@ def lagrangian_unbounded(lam, Lp: float, x_scale: float = 1.0, seed: int = 0) ->
 
 def _maximise(objective, start) -> np.ndarray:
     """The maximiser of ``objective`` by BFGS with numerical gradients, tight tolerances."""
-    res = optimize.minimize(lambda v: -objective(v), start, method="BFGS", options={"gtol": 1e-10, "maxiter": 2000})
+    res = minimize(lambda v: -objective(v), start, method="BFGS", options={"gtol": 1e-10, "maxiter": 2000})
     return res.x
 
 
@@ -69,7 +75,7 @@ def brute_latent_matrix(W, Sigma, mu, X, L) -> np.ndarray:
     W, S, mu, X = (np.asarray(v, dtype=np.float64) for v in (W, Sigma, mu, X))
     q, d = W.shape[1], W.shape[0]
     V = X - mu
-    res = optimize.minimize(matrix_lagrangian(W, np.linalg.inv(S), V.T @ V / V.shape[0], L), np.zeros(q * d),
+    res = minimize(matrix_lagrangian(W, np.linalg.inv(S), V.T @ V / V.shape[0], L), np.zeros(q * d),
                             jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
     return res.x.reshape(q, d)
 
