@@ -266,8 +266,9 @@ def test_train_on_npz_then_attack_audit_and_spectrum_record_the_data(tmp_path, m
     r = cli("train", "--data", "npz:d.npz", "--mode", "pgd", "--epochs", "2", "--adv-start", "1", "--steps", "2",
             "--device", "cpu", "-q")
     assert_usage_error(r, "no default budget", "--eps")
+    # the MLP: the audit's Square attack makes 5000 forward passes (with the default ResNet, 25 s)
     r = cli("train", "--data", "npz:d.npz", "--mode", "pgd", "--eps", "0.05", "--epochs", "2", "--adv-start", "1",
-            "--steps", "2", "--device", "cpu", "-q", "--out", "pgd.safetensors")
+            "--steps", "2", "--model", "mlp", "--device", "cpu", "-q", "--out", "pgd.safetensors")
     assert r.exit_code == 0, r.output
     meta = checkpoint.load(tmp_path / "pgd.safetensors").meta
     assert meta["dataset"] == f"npz:{tmp_path / 'd.npz'}" and meta["data"]["train"] == 300

@@ -35,10 +35,10 @@ def synthetic_dataset(name, n_train, n_test, seed=0):
     return Dataset(name, split(n_train), split(n_test), 10, shape, mean, std)
 
 
-def train_config(data, model_name, steps, precision="fp32"):
+def train_config(data, model_name, steps, precision="fp32", batch_size=None):
     """One epoch of PGD-`steps` training, adversarial from its first batch at full eps."""
     return training.resolve_config(data, "pgd", model=model_name, epochs=1, adv_start=0, steps=steps,
-                                   eps_warmup=0, precision=precision)
+                                   eps_warmup=0, precision=precision, batch_size=batch_size)
 
 
 def trainee(ds, model_name, cfg, dev, *, graphs=False):
@@ -122,10 +122,10 @@ def bench_train_device(dev, budget, *, dry_run, save, log, reserve=0) -> list:
     capture the full batch's attack on its second batch), timed apart."""
     rows, data_cache = [], {}
     for data, model_name, steps, n, loop, precision, compile, graphs, estimate in TRAIN_ROWS:
-        if dry_run:
+        if dry_run:  # a full batch and a partial one (both loops warm up on the whole split)
             if compile:
                 continue
-            steps, n = 1, 160
+            steps, n = 1, 24
         row = {"model": model_name, "data": data, "attack_steps": steps, "images": n, "loop": loop,
                "precision": precision, "compile": compile, "attack_graphs": graphs}
         if budget.left() - reserve < estimate * (1.2 if not dry_run else 0.0):
@@ -136,7 +136,7 @@ def bench_train_device(dev, budget, *, dry_run, save, log, reserve=0) -> list:
             ds = synthetic_dataset(data, n, 10)
             data_cache[(data, n)] = (ds, loader.place(ds.train, dev))
         ds, placed = data_cache[(data, n)]
-        cfg = train_config(data, model_name, steps, precision)
+        cfg = train_config(data, model_name, steps, precision, batch_size=16 if dry_run else None)
         model, opt, objective = trainee(ds, model_name, cfg, dev, graphs=graphs)
         # the old loop's window; the new loop is timed over it too (same batches: a like-for-like ratio)
         window = min(OLD_LOOP_BATCHES, -(-n // cfg.batch_size))
