@@ -100,7 +100,6 @@ def test_identical_seeds_give_identical_cells_and_training_seeds_replicate(tmp_p
     assert sorted((r["train_seed"], r["eval_seed"]) for r in rows) == [(0, 0), (0, 1)]  # seed 1's in its folder
 
 
-
 @pytest.mark.slow
 def test_a_replicate_trained_only_with_vae_gives_its_vae_robust_spectrum(tmp_path):
     from manifoldadv.data import load_dataset
@@ -114,6 +113,7 @@ def test_a_replicate_trained_only_with_vae_gives_its_vae_robust_spectrum(tmp_pat
     sets = {x["set"].split(" / ")[0] for x in reps["1"]}
     assert sets == {"vae-adv", "reconstruction"} and {x["reference"] for x in reps["1"]} >= {"clean"}
     assert all(x["top_ratio"] > 0 and x["tail_ratio"] > 0 for x in reps["1"])
+
 
 PAPER_RESULTS = {"data": "mnist", "seed": 0, "table1": paper.table1("mnist"),
                  "tradeoff": {"drops": tables.drops(paper.table2("mnist"))}}

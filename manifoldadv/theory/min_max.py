@@ -84,7 +84,7 @@ def brute_saddle(
     def inner(Sigma):
         Si = np.linalg.inv(Sigma)
         res = minimize(matrix_lagrangian(Wq, Si, Sq, L), B_warm[0].ravel(), jac=True, method="L-BFGS-B",
-                                options={"gtol": 1e-13, "ftol": 1e-16, "maxiter": 10000})
+                       options={"gtol": 1e-13, "ftol": 1e-16, "maxiter": 10000})
         B = res.x.reshape(k, n)
         B_warm[0] = B
         A = np.eye(n) + Wq @ B
@@ -144,11 +144,11 @@ def ilyas_matrix_form(lam, Lp: float, seed: int = 0) -> dict:
     """Theorem 6 against Ilyas et al.'s matrix statement for a random non-diagonal ``Sigma*``:
     ``Sigma*/2 + I/L' + sqrtm(Sigma*/L' + Sigma*^2/4)`` with scipy's ``sqrtm`` versus
     ``U diag(lam_r) U^T``; returns the largest relative entry difference."""
+    from scipy import linalg as sla
+
     rng = np.random.default_rng(seed)
     pop = population(lam, rng)
     S = pop.Sigma
-    from scipy import linalg as sla
-
     ref = S / 2.0 + np.eye(pop.d) / Lp + np.real(sla.sqrtm(S / Lp + S @ S / 4.0))
     ours = (pop.U * original_saddle(pop.lam, Lp)) @ pop.U.T
     return {"max_rel_diff": float(np.max(np.abs(ref - ours)) / np.max(np.abs(ref))),

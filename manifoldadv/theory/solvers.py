@@ -13,14 +13,14 @@ from .gaussian import GaussianLoss, population, random_spd
 from .saddle import latent_fixed_point_map, original_fixed_point_map
 
 
-# --------------------------------------------------------------------------- inner maximisation
-
-
 def minimize(*args, **kw):
     """scipy.optimize.minimize, imported on first use (scipy.optimize is 0.4 s of every CLI start)."""
     from scipy import optimize
 
     return optimize.minimize(*args, **kw)
+
+
+# --------------------------------------------------------------------------- inner maximisation
 
 
 def lagrangian_unbounded(lam, Lp: float, x_scale: float = 1.0, seed: int = 0) -> dict:
@@ -76,7 +76,7 @@ def brute_latent_matrix(W, Sigma, mu, X, L) -> np.ndarray:
     q, d = W.shape[1], W.shape[0]
     V = X - mu
     res = minimize(matrix_lagrangian(W, np.linalg.inv(S), V.T @ V / V.shape[0], L), np.zeros(q * d),
-                            jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+                   jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
     return res.x.reshape(q, d)
 
 
